@@ -1,0 +1,24 @@
+"""The app: the unit of tenancy. Its stream holds its domains and endpoints too."""
+
+from __future__ import annotations
+
+from events.base import Command, Event
+
+
+class CreateApp(Command, tag="app.create"):
+    pass
+
+
+class DestroyApp(Command, tag="app.destroy"):
+    pass
+
+
+class AppCreated(Event, tag="app.created"):
+    app: str
+
+
+class AppDestroyed(Event, tag="app.destroyed"):
+    """The app is gone with all its domains and endpoints; listed data keys were destroyed."""
+
+    app: str
+    shredded_key_ids: list[str] = []

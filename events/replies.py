@@ -1,0 +1,70 @@
+"""Answers on the wire: to commands (`Accepted` / `Rejected`) and to read queries (views)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.base import Reply
+from events.endpoint import CertificateFacts, EndpointType
+from events.union import AnyEvent
+
+
+class Accepted(Reply, tag="accepted"):
+    """The command's events are in the log: `position` is the last global position written."""
+
+    stream: str
+    version: int
+    position: int
+    events: list[AnyEvent]
+    warnings: list[str] = []
+
+
+class Rejected(Reply, tag="rejected"):
+    """Nothing was appended. `code` is stable; `message` says what was wrong and how to fix it."""
+
+    code: str
+    message: str
+    details: dict[str, str] = {}
+
+
+class AppSummary(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    domains: int
+    endpoints: int
+
+
+class DomainView(msgspec.Struct, frozen=True, kw_only=True):
+    hostname: str
+    endpoint: str | None
+    dns_verified: bool | None
+    dns_target: str = ""
+
+
+class EndpointView(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    endpoint_type: EndpointType
+    certificate: CertificateFacts
+    domains: list[str]
+
+
+class AppsView(Reply, tag="view.apps"):
+    apps: list[AppSummary]
+
+
+class AppView(Reply, tag="view.app"):
+    """One app's domains and endpoints, as `domains`, `certs` and `certs:info` show them."""
+
+    app: str
+    domains: list[DomainView]
+    endpoints: list[EndpointView]
+
+
+class GatewayKey(Reply, tag="view.gateway_key"):
+    """The public X25519 key clients seal private keys to before sending them."""
+
+    key_id: str
+    public_key: bytes
+
+
+CommandReply = Accepted | Rejected
+QueryReply = AppsView | AppView | GatewayKey | Rejected

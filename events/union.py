@@ -1,0 +1,83 @@
+"""Unions of the whole contract, and the registry of stored event types and versions."""
+
+from __future__ import annotations
+
+from events.app import AppCreated, AppDestroyed, CreateApp, DestroyApp
+from events.domain import (
+    AddDomain,
+    DnsVerified,
+    DomainAdded,
+    DomainRemoved,
+    HostnameClaimed,
+    HostnameReleased,
+    RemoveDomain,
+    VerifyDns,
+)
+from events.endpoint import (
+    AddCert,
+    CertAdded,
+    CertRemoved,
+    CertUpdated,
+    DestroyEndpoint,
+    EndpointDestroyed,
+    RemoveCert,
+    UpdateCert,
+)
+
+AppEvent = (
+    AppCreated
+    | AppDestroyed
+    | DomainAdded
+    | DomainRemoved
+    | DnsVerified
+    | CertAdded
+    | CertUpdated
+    | CertRemoved
+    | EndpointDestroyed
+)
+HostnameEvent = HostnameClaimed | HostnameReleased
+AnyEvent = AppEvent | HostnameEvent
+
+AnyCommand = (
+    CreateApp
+    | DestroyApp
+    | AddDomain
+    | RemoveDomain
+    | VerifyDns
+    | AddCert
+    | UpdateCert
+    | RemoveCert
+    | DestroyEndpoint
+)
+
+EVENT_TYPES: tuple[type, ...] = (
+    AppCreated,
+    AppDestroyed,
+    DomainAdded,
+    DomainRemoved,
+    DnsVerified,
+    CertAdded,
+    CertUpdated,
+    CertRemoved,
+    EndpointDestroyed,
+    HostnameClaimed,
+    HostnameReleased,
+)
+COMMAND_TYPES: tuple[type, ...] = (
+    CreateApp,
+    DestroyApp,
+    AddDomain,
+    RemoveDomain,
+    VerifyDns,
+    AddCert,
+    UpdateCert,
+    RemoveCert,
+    DestroyEndpoint,
+)
+
+
+def tag_of(cls: type) -> str:
+    """The stable stored name of a tagged Struct class."""
+    tag = cls.__struct_config__.tag  # type: ignore[attr-defined]
+    assert isinstance(tag, str)
+    return tag

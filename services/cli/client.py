@@ -1,0 +1,82 @@
+"""The CLI's only connection to certplane: NATS request/reply to the gateway."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import uuid
+from typing import Any
+
+import nats
+import nats.errors
+
+from events.base import Command
+from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
+from events.replies import Accepted, GatewayKey, Rejected
+from services.domain.errors import Unavailable
+from services.subjects import NON_APP, Subjects
+from services.telemetry import new_traceparent
+
+REQUEST_TIMEOUT = 10.0
+RETRIES = 3  # safe: a retried command carries the same id, so it appends at most once
+
+
+def default_actor() -> str:
+    return os.environ.get("CERTPLANE_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+class ControlPlane:
+    """`async with ControlPlane(url, prefix) as cp: await cp.command(...)`."""
+
+    def __init__(self, url: str, prefix: str = "certplane", *, actor: str | None = None) -> None:
+        self.url = url
+        self.subjects = Subjects(prefix)
+        self.actor = actor or default_actor()
+        self._nc: Any = None
+
+    async def __aenter__(self) -> ControlPlane:
+        try:
+            self._nc = await nats.connect(
+                self.url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+            )
+        except Exception as e:
+            raise Unavailable(f"cannot reach NATS at {self.url}: {e}", url=self.url) from e
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
+        last: Exception | None = None
+        for _ in range(RETRIES):
+            try:
+                msg = await self._nc.request(subject, payload, timeout=REQUEST_TIMEOUT, headers=headers)
+                return bytes(msg.data)
+            except nats.errors.NoRespondersError as e:
+                raise Unavailable(
+                    f"no certplane gateway is answering on {self.url} (prefix "
+                    f"{self.subjects.prefix!r}): start one with `certplane gateway` or `certplane dev`",
+                    url=self.url,
+                ) from e
+            except (nats.errors.TimeoutError, TimeoutError) as e:
+                last = e
+        raise Unavailable(f"the gateway at {self.url} did not answer in time", url=self.url) from last
+
+    async def command(self, command: Command, *, command_id: str | None = None) -> Accepted | Rejected:
+        envelope = CommandEnvelope(
+            id=command_id or str(uuid.uuid4()), actor=self.actor, command=command  # type: ignore[arg-type]
+        )
+        subject = self.subjects.command(command.app, type(command).__name__)
+        raw = await self._request(subject, encode(envelope), {"traceparent": new_traceparent()})
+        return COMMAND_REPLY_DECODER.decode(raw)
+
+    async def query(self, app: str | None, view: str) -> Any:
+        raw = await self._request(self.subjects.query(app or NON_APP, view), b"")
+        return QUERY_REPLY_DECODER.decode(raw)
+
+    async def gateway_key(self) -> GatewayKey:
+        reply = await self.query(None, "gateway-key")
+        assert isinstance(reply, GatewayKey)
+        return reply

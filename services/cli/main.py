@@ -1,0 +1,443 @@
+"""`certplane`: manage apps, domains and certificates the way `heroku certs:*` does.
+
+Exit codes: 0 success, 1 the control plane refused (the message says why and how to fix
+it), 2 a usage error, 3 the control plane cannot be reached (the message names the URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from events.app import CreateApp, DestroyApp
+from events.domain import AddDomain, RemoveDomain
+from events.endpoint import AddCert, EndpointType, RemoveCert, UpdateCert
+from events.replies import Accepted, AppsView, AppView, Rejected
+from services.cli import output
+from services.cli.client import ControlPlane
+from services.config import Settings
+from services.domain.errors import Rejected as RejectedError
+from services.domain.errors import Unavailable
+from services.domain.key_envelope import seal_for_gateway
+from services.domain.naming import validate_app_name
+from services.domain.x509_bundle import matching_key, order_chain, split_material
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    output.warn(message)
+    raise SystemExit(code)
+
+
+def _app(args: argparse.Namespace) -> str:
+    app = getattr(args, "app", None) or os.environ.get("CERTPLANE_APP")
+    if not app:
+        raise UsageError("No app specified: pass -a APP (or --app APP), or set CERTPLANE_APP.")
+    try:
+        return validate_app_name(app)
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, e.message)
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        _fail(EXIT_REJECTED, f"Cannot read {path}: {e.strerror}. Check the path and its permissions.")
+
+
+def _confirm(args: argparse.Namespace, app: str, what: str) -> None:
+    if args.confirm != app:
+        hint = f"run it again with --confirm {app}"
+        got = f" (--confirm {args.confirm} does not match)" if args.confirm else ""
+        _fail(EXIT_REJECTED, f"This {what} {app} and cannot be undone{got}: to proceed, {hint}.")
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _control_plane() -> ControlPlane:
+    s = _settings()
+    return ControlPlane(s.nats_url, s.prefix)
+
+
+def _check(reply: Accepted | Rejected) -> Accepted:
+    if isinstance(reply, Rejected):
+        sys.stdout.flush()
+        print(" !", file=sys.stderr)
+        _fail(EXIT_REJECTED, f"{reply.message} [{reply.code}]")
+    for warning in reply.warnings:
+        output.warn(warning)
+    return reply
+
+
+async def _app_view(cp: ControlPlane, app: str) -> AppView:
+    view = await cp.query(app, "app")
+    if isinstance(view, Rejected):
+        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
+    assert isinstance(view, AppView)
+    return view
+
+
+def _progress(text: str, args: argparse.Namespace) -> None:
+    if not args.json:
+        print(f"{text}... ", end="", flush=True)
+
+
+def _done(args: argparse.Namespace) -> None:
+    if not args.json:
+        print("done")
+
+
+# -- apps ---------------------------------------------------------------------------------
+
+
+async def apps_create(args: argparse.Namespace) -> None:
+    app = args.name or _app(args)
+    async with _control_plane() as cp:
+        _progress(f"Creating ⬢ {app}", args)
+        reply = _check(await cp.command(CreateApp(app=app)))
+        _done(args)
+        if args.json:
+            output.print_json(reply)
+
+
+async def apps_list(args: argparse.Namespace) -> None:
+    async with _control_plane() as cp:
+        view = await cp.query(None, "apps")
+    assert isinstance(view, AppsView)
+    if args.json:
+        output.print_json(view.apps)
+        return
+    print("=== Apps")
+    for app in sorted(view.apps, key=lambda a: a.name):
+        print(app.name)
+
+
+async def apps_destroy(args: argparse.Namespace) -> None:
+    app = args.name or _app(args)
+    _confirm(args, app, "command will permanently destroy the app")
+    async with _control_plane() as cp:
+        _progress(f"Destroying ⬢ {app} (including all domains and certificates)", args)
+        reply = _check(await cp.command(DestroyApp(app=app)))
+        _done(args)
+        if args.json:
+            output.print_json(reply)
+
+
+# -- domains ------------------------------------------------------------------------------
+
+
+async def domains_add(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        _progress(f"Adding {args.hostname} to ⬢ {app}", args)
+        reply = _check(await cp.command(AddDomain(app=app, hostname=args.hostname)))
+        _done(args)
+        if args.json:
+            output.print_json(reply)
+
+
+async def domains_list(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        view = await _app_view(cp, app)
+    if args.json:
+        output.print_json(view.domains)
+        return
+    print(f"=== {app} Custom Domains")
+    rows = [
+        [d.hostname, "CNAME", d.dns_target or "", d.endpoint or ""] for d in view.domains
+    ]
+    print(output.table(["Domain Name", "DNS Record Type", "DNS Target", "SNI Endpoint"], rows))
+
+
+async def domains_remove(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        _progress(f"Removing {args.hostname} from ⬢ {app}", args)
+        reply = _check(await cp.command(RemoveDomain(app=app, hostname=args.hostname)))
+        _done(args)
+        if args.json:
+            output.print_json(reply)
+
+
+# -- certs --------------------------------------------------------------------------------
+
+
+def _bundle_files(paths: list[str]) -> tuple[list[bytes], bytes]:
+    """Certificate material to send as is, and the one key (to be sealed), from the files."""
+    files = [_read(p) for p in paths]
+    try:
+        material = split_material(files)
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+    if len(material.keys) != 1:
+        _fail(
+            EXIT_REJECTED,
+            f"Pass exactly one private key file (found {len(material.keys)} keys in "
+            f"{', '.join(paths)}): usage is certs:add [INTERMEDIARY...] CRT KEY. [key_missing]",
+        )
+    return material.certificates, material.keys[0]
+
+
+async def certs_add(args: argparse.Namespace) -> None:
+    app = _app(args)
+    certificates, key = _bundle_files(args.files)
+    domains = [d for part in args.domains or [] for d in part.split(",") if d.strip()]
+    async with _control_plane() as cp:
+        gateway = await cp.gateway_key()
+        command = AddCert(
+            app=app,
+            certificates=certificates,
+            key=seal_for_gateway(key, gateway.public_key),
+            endpoint_type=EndpointType(args.type),
+            domains=domains,
+            bypass=args.bypass,
+        )
+        _progress(f"Adding SSL to ⬢ {app}", args)
+        reply = _check(await cp.command(command))
+        _done(args)
+    _print_cert_result(reply, args)
+
+
+def _print_cert_result(reply: Accepted, args: argparse.Namespace) -> None:
+    if args.json:
+        output.print_json(reply)
+        return
+    for event in reply.events:
+        certificate = getattr(event, "certificate", None)
+        if certificate is not None:
+            endpoint = getattr(event, "endpoint", "")
+            domains = getattr(event, "domains", None)
+            if domains:
+                print(f"{endpoint} serves {', '.join(domains)}")
+            print(output.certificate_details(certificate))
+
+
+async def certs_list(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        view = await _app_view(cp, app)
+    if args.json:
+        output.print_json(view.endpoints)
+        return
+    if not view.endpoints:
+        print(f"{app} has no SSL certificates.\nUse certplane certs:add CRT KEY to add one.")
+        return
+    rows = [
+        [
+            e.name,
+            ", ".join(e.certificate.sans) or e.certificate.common_name,
+            output.when(e.certificate.not_after),
+            str(e.certificate.trusted),
+            e.endpoint_type.value.upper() if e.endpoint_type is EndpointType.SNI else "Endpoint",
+            str(len(e.domains)),
+        ]
+        for e in view.endpoints
+    ]
+    print(output.table(["Name", "Common Name(s)", "Expires", "Trusted", "Type", "Domains"], rows))
+
+
+def _pick_endpoint(view: AppView, name: str | None) -> Any:
+    if name is not None:
+        match = [e for e in view.endpoints if e.name == name]
+        if not match:
+            _fail(EXIT_REJECTED, f"{view.app} has no certificate named {name}: see `certplane certs -a {view.app}`.")
+        return match[0]
+    if len(view.endpoints) == 1:
+        return view.endpoints[0]
+    if not view.endpoints:
+        _fail(EXIT_REJECTED, f"{view.app} has no SSL certificates: add one with `certplane certs:add CRT KEY`.")
+    names = ", ".join(e.name for e in view.endpoints)
+    _fail(EXIT_REJECTED, f"{view.app} has {len(view.endpoints)} certificates: say which with --name ({names}).")
+
+
+async def certs_info(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        view = await _app_view(cp, app)
+    endpoint = _pick_endpoint(view, args.name)
+    if args.json:
+        output.print_json(endpoint)
+        return
+    print(f"Fetching SSL certificate {endpoint.name} info for ⬢ {app}... done")
+    print(output.certificate_details(endpoint.certificate))
+    if endpoint.domains:
+        print(f"Domains:        {', '.join(endpoint.domains)}")
+
+
+async def certs_update(args: argparse.Namespace) -> None:
+    app = _app(args)
+    _confirm(args, app, "command replaces the certificate of")
+    certificates, key = _bundle_files(args.files)
+    async with _control_plane() as cp:
+        gateway = await cp.gateway_key()
+        command = UpdateCert(
+            app=app,
+            certificates=certificates,
+            key=seal_for_gateway(key, gateway.public_key),
+            name=args.name,
+            bypass=args.bypass,
+        )
+        _progress(f"Updating SSL certificate {args.name or ''} for ⬢ {app}".replace("  ", " "), args)
+        reply = _check(await cp.command(command))
+        _done(args)
+    _print_cert_result(reply, args)
+
+
+async def certs_remove(args: argparse.Namespace) -> None:
+    app = _app(args)
+    _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
+    async with _control_plane() as cp:
+        _progress(f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " "), args)
+        reply = _check(await cp.command(RemoveCert(app=app, name=args.name)))
+        _done(args)
+        if args.json:
+            output.print_json(reply)
+
+
+def certs_chain(args: argparse.Namespace) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        material = split_material([_read(p) for p in args.files])
+        if not material.certificates:
+            raise RejectedError("cert_missing", "No certificate was found in the files.")
+        chain = order_chain([x509.load_der_x509_certificate(c) for c in material.certificates])
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+    sys.stdout.write("".join(c.public_bytes(Encoding.PEM).decode() for c in chain))
+
+
+def certs_key(args: argparse.Namespace) -> None:
+    try:
+        index = matching_key(_read(args.crt), [_read(k) for k in args.keys])
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+    if index is None:
+        _fail(EXIT_REJECTED, f"None of {', '.join(args.keys)} matches {args.crt}.")
+    print(args.keys[index])
+
+
+# -- services -----------------------------------------------------------------------------
+
+
+def migrate_cmd(args: argparse.Namespace) -> None:
+    from services.storage.database import ensure_database
+
+    applied = asyncio.run(ensure_database(_settings().database_url))
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+
+
+def gateway_cmd(args: argparse.Namespace) -> None:
+    from services.runner import run_service
+    from services.gateway.service import run_gateway
+
+    run_service("gateway", lambda stop: run_gateway(_settings(), stop))
+
+
+def dev_cmd(args: argparse.Namespace) -> None:
+    from services.cli.dev import run_dev
+
+    run_dev(args)
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def _add(
+    sub: Any,
+    name: str,
+    handler: Callable[[argparse.Namespace], Awaitable[None] | None],
+    help_: str,
+    *,
+    app: bool = True,
+    json: bool = True,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    if app:
+        p.add_argument("-a", "--app", help="the app (default: $CERTPLANE_APP)")
+    if json:
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certplane", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _add(sub, "apps:create", apps_create, "create an app")
+    p.add_argument("name", nargs="?")
+    _add(sub, "apps", apps_list, "list apps", app=False)
+    p = _add(sub, "apps:destroy", apps_destroy, "permanently destroy an app")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
+
+    p = _add(sub, "domains:add", domains_add, "add a custom domain to an app")
+    p.add_argument("hostname")
+    _add(sub, "domains", domains_list, "list an app's custom domains")
+    p = _add(sub, "domains:remove", domains_remove, "remove a custom domain from an app")
+    p.add_argument("hostname")
+
+    p = _add(sub, "certs:add", certs_add, "add an SSL certificate to an app")
+    p.add_argument("files", nargs="+", metavar="FILE", help="[INTERMEDIARY...] CRT KEY (or one .pem with both)")
+    p.add_argument("--type", choices=["sni", "endpoint"], default="sni", help="endpoint type (default sni)")
+    p.add_argument("--domains", action="append", help="domains (comma-separated) the certificate serves")
+    p.add_argument("--bypass", action="store_true", help="skip the check of the certificate's domains")
+    _add(sub, "certs", certs_list, "list an app's SSL certificates")
+    p = _add(sub, "certs:info", certs_info, "show an SSL certificate's details")
+    p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
+    p = _add(sub, "certs:update", certs_update, "replace an SSL certificate and key")
+    p.add_argument("files", nargs="+", metavar="FILE", help="[INTERMEDIARY...] CRT KEY")
+    p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
+    p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
+    p.add_argument("--bypass", action="store_true", help="skip the check of the certificate's domains")
+    p = _add(sub, "certs:remove", certs_remove, "remove an SSL certificate from an app")
+    p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
+    p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
+    p = _add(sub, "certs:chain", certs_chain, "print certificates in chain order (local)", app=False, json=False)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p = _add(sub, "certs:key", certs_key, "say which key file matches a certificate (local)", app=False, json=False)
+    p.add_argument("crt", metavar="CRT")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+
+    _add(sub, "migrate", migrate_cmd, "create the database if needed and apply migrations", app=False, json=False)
+    _add(sub, "gateway", gateway_cmd, "run a gateway (decides commands from NATS)", app=False, json=False)
+    p = _add(sub, "dev", dev_cmd, "run the whole control plane locally, for a demo", app=False, json=False)
+    p.add_argument("--demo", action="store_true", help="run a scripted demo against it, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        _fail(EXIT_USAGE, str(e))
+    except Unavailable as e:
+        _fail(EXIT_UNREACHABLE, f"{e} (is the control plane running? URL tried: {e.url or 'unknown'})")
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""How the CLI prints: Heroku-like tables and certificate blocks, or JSON with --json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from events.endpoint import CertificateFacts
+
+
+def when(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("─" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def certificate_details(facts: CertificateFacts) -> str:
+    names = ", ".join(facts.sans) or facts.common_name
+    lines = [
+        "Certificate details:",
+        f"Common Name(s): {names}",
+        f"Expires At:     {when(facts.not_after)}",
+        f"Issuer:         {facts.issuer}",
+        f"Starts At:      {when(facts.not_before)}",
+        f"Subject:        {facts.subject}",
+        f"Key:            {facts.key_type} {facts.key_bits} bits",
+        f"Fingerprint:    SHA256 {facts.fingerprint_sha256}",
+    ]
+    if facts.self_signed:
+        lines.append("SSL certificate is self signed.")
+    elif facts.trusted:
+        lines.append("SSL certificate is verified by a root authority.")
+    else:
+        lines.append("SSL certificate is not trusted.")
+    return "\n".join(lines)
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f" ▸    {message}\n")

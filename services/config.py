@@ -1,0 +1,42 @@
+"""Settings from the environment, read once at a service's start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/certplane"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def state_dir() -> Path:
+    """Where certplane keeps local state: $XDG_STATE_HOME/certplane (~/.local/state/certplane)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(os.environ.get("CERTPLANE_STATE_DIR") or Path(base) / "certplane")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    nats_url: str = DEFAULT_NATS_URL
+    prefix: str = "certplane"
+    service_role: str = "certplane_service"
+    master_key: str = field(default="", repr=False)
+    master_key_file: Path = field(default_factory=lambda: state_dir() / "master.key")
+    extra_ca_file: str = ""
+    trust_system_store: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        return cls(
+            database_url=e.get("CERTPLANE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            nats_url=e.get("CERTPLANE_NATS_URL", DEFAULT_NATS_URL),
+            prefix=e.get("CERTPLANE_PREFIX", "certplane"),
+            service_role=e.get("CERTPLANE_SERVICE_ROLE", "certplane_service"),
+            master_key=e.get("CERTPLANE_MASTER_KEY", ""),
+            master_key_file=Path(e.get("CERTPLANE_MASTER_KEY_FILE") or state_dir() / "master.key"),
+            extra_ca_file=e.get("CERTPLANE_EXTRA_CA_FILE", ""),
+            trust_system_store=e.get("CERTPLANE_TRUST_SYSTEM_STORE", "1") != "0",
+        )

@@ -1,0 +1,398 @@
+"""The app aggregate: `evolve` folds its stream, `decide` turns a command into events.
+
+One stream per app (`app-<name>`) holds the app, its domains and its endpoints: they change
+together (a certificate moves domains between endpoints) and are small. A hostname must
+belong to one app at a time across the platform, so adding or removing a domain also writes
+to the hostname's own stream (`hostname-<host>`); the log's per-stream version check makes
+two concurrent claims of one hostname impossible. Both functions are pure and total.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from events.app import AppCreated, AppDestroyed, CreateApp, DestroyApp
+from events.base import Event
+from events.domain import (
+    AddDomain,
+    DnsVerified,
+    DomainAdded,
+    DomainRemoved,
+    HostnameClaimed,
+    HostnameReleased,
+    RemoveDomain,
+    VerifyDns,
+)
+from events.endpoint import (
+    AddCert,
+    CertAdded,
+    CertificateFacts,
+    CertRemoved,
+    CertUpdated,
+    DestroyEndpoint,
+    EncryptedKey,
+    EndpointDestroyed,
+    EndpointType,
+    RemoveCert,
+    UpdateCert,
+)
+from events.union import AnyCommand, AppEvent, HostnameEvent
+from services.domain.domain_name import covered_by, normalize_hostname
+from services.domain.errors import Rejected
+from services.domain.naming import endpoint_name, validate_app_name
+from services.domain.streams import app_stream, hostname_stream
+
+
+@dataclass(frozen=True)
+class DomainState:
+    hostname: str
+    endpoint: str | None = None
+    dns_verified: bool | None = None
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    name: str
+    endpoint_type: EndpointType
+    certificate: CertificateFacts
+    key_id: str
+
+
+@dataclass(frozen=True)
+class AppState:
+    name: str
+    exists: bool = False
+    domains: Mapping[str, DomainState] = field(default_factory=dict)
+    endpoints: Mapping[str, EndpointState] = field(default_factory=dict)
+
+    def served_by(self, endpoint: str) -> list[str]:
+        return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
+
+
+@dataclass(frozen=True)
+class HostnameState:
+    hostname: str
+    claimed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedCert:
+    """A bundle the gateway has validated and encrypted: what `decide` needs of AddCert/UpdateCert."""
+
+    facts: CertificateFacts
+    chain_pem: str
+    key: EncryptedKey
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Events per stream, in order, and warnings for the person who asked."""
+
+    events: list[tuple[str, Event]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def evolve(state: AppState, event: AppEvent) -> AppState:
+    """Apply one event of the app's stream."""
+    match event:
+        case AppCreated():
+            return AppState(name=state.name, exists=True)
+        case AppDestroyed():
+            return AppState(name=state.name, exists=False)
+        case DomainAdded(hostname=host, endpoint=endpoint):
+            return replace(state, domains={**state.domains, host: DomainState(host, endpoint)})
+        case DomainRemoved(hostname=host):
+            return replace(state, domains={h: d for h, d in state.domains.items() if h != host})
+        case DnsVerified(hostname=host, verified=verified):
+            if host not in state.domains:
+                return state
+            domain = replace(state.domains[host], dns_verified=verified)
+            return replace(state, domains={**state.domains, host: domain})
+        case CertAdded(endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts):
+            endpoint = EndpointState(name, kind, facts, key.key_id)
+            domains = {
+                h: replace(d, endpoint=name) if h in hosts else d for h, d in state.domains.items()
+            }
+            return replace(state, endpoints={**state.endpoints, name: endpoint}, domains=domains)
+        case CertUpdated(endpoint=name, certificate=facts, key=key):
+            if name not in state.endpoints:
+                return state
+            updated = replace(state.endpoints[name], certificate=facts, key_id=key.key_id)
+            return replace(state, endpoints={**state.endpoints, name: updated})
+        case CertRemoved(endpoint=name) | EndpointDestroyed(endpoint=name):
+            return replace(
+                state,
+                endpoints={n: e for n, e in state.endpoints.items() if n != name},
+                domains={
+                    h: replace(d, endpoint=None) if d.endpoint == name else d
+                    for h, d in state.domains.items()
+                },
+            )
+    return state
+
+
+def evolve_hostname(state: HostnameState, event: HostnameEvent) -> HostnameState:
+    """Apply one event of a hostname's claim stream."""
+    match event:
+        case HostnameClaimed(app=app):
+            return replace(state, claimed_by=app)
+        case HostnameReleased():
+            return replace(state, claimed_by=None)
+    return state
+
+
+def related_hostnames(state: AppState, command: AnyCommand) -> list[str]:
+    """Hostname streams a command must read (and may write) besides the app's own."""
+    match command:
+        case AddDomain(hostname=raw) | RemoveDomain(hostname=raw):
+            return _try_normalize([raw])
+        case AddCert(domains=raw):
+            return [h for h in _try_normalize(raw) if h not in state.domains]
+        case DestroyApp():
+            return sorted(state.domains)
+    return []
+
+
+def _try_normalize(raw: list[str]) -> list[str]:
+    hosts = []
+    for r in raw:
+        try:
+            hosts.append(normalize_hostname(r))
+        except Rejected:
+            continue  # decide rejects it with the full message
+    return hosts
+
+
+def decide(
+    state: AppState,
+    hostnames: Mapping[str, HostnameState],
+    command: AnyCommand,
+    *,
+    now: dt.datetime,
+    seed: str,
+    cert: PreparedCert | None = None,
+) -> Decision:
+    """Events that carry out `command` on `state`, or raise `Rejected`.
+
+    `hostnames` holds the claim state of every hostname `related_hostnames` named; `seed`
+    (the command id) derives new names; `cert` is the prepared bundle for AddCert/UpdateCert.
+    """
+    app = state.name
+    if not isinstance(command, CreateApp):
+        _require_app(state)
+    match command:
+        case CreateApp():
+            validate_app_name(app)
+            if state.exists:
+                raise Rejected(
+                    "app_exists",
+                    f"The app {app} already exists: choose another name, or manage it with -a {app}.",
+                    app=app,
+                )
+            return Decision([(app_stream(app), AppCreated(app=app))])
+        case DestroyApp():
+            shredded = sorted(e.key_id for e in state.endpoints.values())
+            events: list[tuple[str, Event]] = [
+                (app_stream(app), AppDestroyed(app=app, shredded_key_ids=shredded))
+            ]
+            events += [
+                (hostname_stream(h), HostnameReleased(app=app, hostname=h)) for h in sorted(state.domains)
+            ]
+            return Decision(events)
+        case AddDomain(hostname=raw):
+            host = normalize_hostname(raw)
+            _check_free(state, hostnames, host)
+            serving = _covering_sni_endpoint(state, host)
+            return Decision(
+                [
+                    (app_stream(app), DomainAdded(app=app, hostname=host, endpoint=serving)),
+                    (hostname_stream(host), HostnameClaimed(app=app, hostname=host)),
+                ]
+            )
+        case RemoveDomain(hostname=raw):
+            host = _existing_domain(state, raw)
+            return Decision(
+                [
+                    (app_stream(app), DomainRemoved(app=app, hostname=host)),
+                    (hostname_stream(host), HostnameReleased(app=app, hostname=host)),
+                ]
+            )
+        case VerifyDns(hostname=raw, verified=verified, detail=detail):
+            host = _existing_domain(state, raw)
+            return Decision(
+                [(app_stream(app), DnsVerified(app=app, hostname=host, verified=verified, detail=detail))]
+            )
+        case AddCert():
+            assert cert is not None, "the gateway prepares the bundle before deciding"
+            return _add_cert(state, hostnames, command, cert, seed)
+        case UpdateCert(name=name, bypass=bypass):
+            assert cert is not None, "the gateway prepares the bundle before deciding"
+            endpoint = _endpoint(state, name)
+            warnings = []
+            uncovered = [h for h in state.served_by(endpoint.name) if not covered_by(cert.facts.sans, h)]
+            if uncovered and not bypass:
+                warnings.append(
+                    f"The new certificate does not cover {', '.join(uncovered)}, which "
+                    f"{endpoint.name} serves: browsers will show an error for them. Upload a "
+                    "certificate whose names include them, or pass --bypass to silence this."
+                )
+            event = CertUpdated(
+                app=app,
+                endpoint=endpoint.name,
+                certificate=cert.facts,
+                chain_pem=cert.chain_pem,
+                key=cert.key,
+                shredded_key_ids=[endpoint.key_id],
+            )
+            return Decision([(app_stream(app), event)], warnings)
+        case RemoveCert(name=name):
+            endpoint = _endpoint(state, name)
+            return Decision(
+                [(app_stream(app), CertRemoved(app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]))]
+            )
+        case DestroyEndpoint(name=name):
+            endpoint = _endpoint(state, name)
+            destroyed = EndpointDestroyed(app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id])
+            return Decision([(app_stream(app), destroyed)])
+    raise Rejected("unknown_command", f"certplane does not know the command {type(command).__name__}.")
+
+
+def _require_app(state: AppState) -> None:
+    if not state.exists:
+        raise Rejected(
+            "app_not_found",
+            f"There is no app named {state.name}: check the name (`certplane apps`) or create it "
+            f"with `certplane apps:create {state.name}`.",
+            app=state.name,
+        )
+
+
+def _check_free(state: AppState, hostnames: Mapping[str, HostnameState], host: str) -> None:
+    if host in state.domains:
+        raise Rejected(
+            "domain_exists",
+            f"{host} is already a domain of {state.name}: nothing to add.",
+            hostname=host,
+        )
+    claim = hostnames.get(host, HostnameState(host))
+    if claim.claimed_by is not None:
+        raise Rejected(
+            "domain_taken",
+            f"{host} is already in use by another app: remove it from that app first, or "
+            "ask its owner to.",
+            hostname=host,
+        )
+
+
+def _existing_domain(state: AppState, raw: str) -> str:
+    host = normalize_hostname(raw)
+    if host not in state.domains:
+        raise Rejected(
+            "domain_not_found",
+            f"{host} is not a domain of {state.name}: see its domains with "
+            f"`certplane domains -a {state.name}`.",
+            hostname=host,
+        )
+    return host
+
+
+def _covering_sni_endpoint(state: AppState, host: str) -> str | None:
+    for endpoint in reversed(list(state.endpoints.values())):  # newest certificate wins
+        if endpoint.endpoint_type is EndpointType.SNI and covered_by(endpoint.certificate.sans, host):
+            return endpoint.name
+    return None
+
+
+def _endpoint(state: AppState, name: str | None) -> EndpointState:
+    if name is None:
+        if len(state.endpoints) == 1:
+            return next(iter(state.endpoints.values()))
+        if not state.endpoints:
+            raise Rejected(
+                "endpoint_not_found",
+                f"{state.name} has no SSL certificates: add one with `certplane certs:add CRT KEY`.",
+                app=state.name,
+            )
+        raise Rejected(
+            "endpoint_ambiguous",
+            f"{state.name} has {len(state.endpoints)} certificates: say which one with --name "
+            f"({', '.join(sorted(state.endpoints))}).",
+            app=state.name,
+        )
+    if name not in state.endpoints:
+        raise Rejected(
+            "endpoint_not_found",
+            f"{state.name} has no certificate named {name}: see them with `certplane certs -a {state.name}`.",
+            app=state.name,
+            name=name,
+        )
+    return state.endpoints[name]
+
+
+def _add_cert(
+    state: AppState,
+    hostnames: Mapping[str, HostnameState],
+    command: AddCert,
+    cert: PreparedCert,
+    seed: str,
+) -> Decision:
+    app = state.name
+    legacy = [e for e in state.endpoints.values() if e.endpoint_type is EndpointType.ENDPOINT]
+    if command.endpoint_type is EndpointType.ENDPOINT and legacy:
+        raise Rejected(
+            "legacy_endpoint_exists",
+            f"{app} already has an SSL Endpoint ({legacy[0].name}); an app can have only one. "
+            "Update it with `certplane certs:update`, or add this certificate with --type sni.",
+            app=app,
+        )
+    requested = [normalize_hostname(h) for h in command.domains]
+    sans = cert.facts.sans
+    if requested and not command.bypass:
+        uncovered = [h for h in requested if not covered_by(sans, h)]
+        if uncovered:
+            raise Rejected(
+                "domain_not_covered",
+                f"The certificate does not cover {', '.join(uncovered)} (it covers "
+                f"{', '.join(sans) or 'no DNS names'}): pass only domains it names, or --bypass "
+                "to associate them anyway.",
+                hostnames=",".join(uncovered),
+            )
+    new_domains = [h for h in dict.fromkeys(requested) if h not in state.domains]
+    for host in new_domains:
+        _check_free(state, hostnames, host)
+    name = endpoint_name(seed, frozenset(state.endpoints))
+    warnings: list[str] = []
+    if command.endpoint_type is EndpointType.ENDPOINT:
+        assigned = list(dict.fromkeys(requested))  # a legacy endpoint serves whatever SNI does not
+    elif requested:
+        assigned = list(dict.fromkeys(requested))
+    else:
+        assigned = [h for h in sorted(state.domains) if covered_by(sans, h)]
+        if not assigned and not command.bypass:
+            names = ", ".join(sorted(state.domains)) or "none yet"
+            warnings.append(
+                f"The certificate ({', '.join(sans) or 'no DNS names'}) covers none of {app}'s "
+                f"domains ({names}): it serves nothing until you add a domain it covers with "
+                "`certplane domains:add`. Pass --bypass to skip this check."
+            )
+    events: list[tuple[str, Event]] = []
+    for host in new_domains:
+        events.append((app_stream(app), DomainAdded(app=app, hostname=host)))
+        events.append((hostname_stream(host), HostnameClaimed(app=app, hostname=host)))
+    events.append(
+        (
+            app_stream(app),
+            CertAdded(
+                app=app,
+                endpoint=name,
+                endpoint_type=command.endpoint_type,
+                certificate=cert.facts,
+                chain_pem=cert.chain_pem,
+                key=cert.key,
+                domains=assigned,
+            ),
+        )
+    )
+    return Decision(events, warnings)

@@ -1,0 +1,435 @@
+"""Certificate bundles: from the files a user passes to a normalized chain and its facts.
+
+Pure: bytes in, a `Bundle` or a `Rejected` out. Accepts PEM (LF or CRLF), DER, a `.pem` with
+certificate and key together, intermediates in any order; produces the leaf first, then the
+intermediates in issuing order, duplicates removed. `Bundle.private_key_pem` is the only
+clear key material certplane ever holds, in memory only, and is kept out of `repr`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import math
+import re
+import ssl
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
+
+from events.endpoint import CertificateFacts
+from services.domain.errors import ChainIncomplete, KeyMismatch, Rejected
+
+MAX_BUNDLE_BYTES = 256 * 1024
+MIN_RSA_BITS = 2048
+ALLOWED_CURVES = {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\s*\n(.*?)\n\s*-----END \1-----", re.DOTALL
+)
+_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+_ENCRYPTED_KEY_LABELS = {b"ENCRYPTED PRIVATE KEY"}
+_CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
+_SHA256 = hashes.SHA256()
+
+
+@dataclass(frozen=True)
+class Material:
+    """What a set of files holds: certificates (DER each) and private keys (PEM or DER)."""
+
+    certificates: list[bytes]
+    keys: list[bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated chain and its key; `private_key_pem` is PKCS#8 PEM, never printed."""
+
+    facts: CertificateFacts
+    chain_pem: str
+    private_key_pem: bytes = field(repr=False)
+
+
+class TrustStore:
+    """Roots a chain may reach to count as trusted: the system store plus the operator's extra."""
+
+    def __init__(self, roots: list[x509.Certificate]) -> None:
+        self.roots = roots
+        self._store = Store(roots) if roots else None
+
+    @classmethod
+    def from_files(cls, *paths: str | Path, include_system: bool = True) -> TrustStore:
+        """Load PEM bundles; the system store comes from OpenSSL's default CA file."""
+        files = [Path(p) for p in paths if p]
+        if include_system:
+            files.insert(0, Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"))
+        roots: list[x509.Certificate] = []
+        for path in files:
+            if path.is_file():
+                with warnings.catch_warnings():  # some system roots predate RFC 5280's rules
+                    warnings.simplefilter("ignore")
+                    roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+        return cls(roots)
+
+    def reaches_root(self, chain: list[x509.Certificate], name: str | None, now: dt.datetime) -> bool:
+        """Full RFC 5280 path validation for `name` (or the chain's first SAN) at `now`."""
+        if self._store is None or name is None:
+            return False
+        verifier = PolicyBuilder().store(self._store).time(now).build_server_verifier(DNSName(name))
+        try:
+            verifier.verify(chain[0], chain[1:])
+        except VerificationError:
+            return False
+        return True
+
+
+def split_material(files: list[bytes]) -> Material:
+    """Sort files' contents into certificates and keys; raises `Rejected` on anything else."""
+    total = sum(len(f) for f in files)
+    if total > MAX_BUNDLE_BYTES:
+        raise Rejected(
+            "bundle_too_large",
+            f"The files add up to {total} bytes; a certificate bundle may be at most "
+            f"{MAX_BUNDLE_BYTES // 1024} KiB. Pass only the certificate, its intermediates and the key.",
+            size=str(total),
+        )
+    certificates: list[bytes] = []
+    keys: list[bytes] = []
+    for index, data in enumerate(files, start=1):
+        if b"-----BEGIN" in data:
+            _split_pem(data.replace(b"\r\n", b"\n"), index, certificates, keys)
+        else:
+            _split_der(data, index, certificates, keys)
+    return Material(certificates, keys)
+
+
+def _split_pem(data: bytes, index: int, certificates: list[bytes], keys: list[bytes]) -> None:
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if not blocks:
+        raise Rejected(
+            "unparsable",
+            f"File {index} has a PEM header but no complete PEM block: check that it was not "
+            "truncated and that every BEGIN line has its END line.",
+            file=str(index),
+        )
+    for block in blocks:
+        label, body = block.group(1), block.group(2)
+        if label in _ENCRYPTED_KEY_LABELS or (label in _KEY_LABELS and b"ENCRYPTED" in body):
+            raise Rejected(
+                "key_encrypted",
+                "The private key is protected by a passphrase. Remove it first, e.g. "
+                "`openssl pkey -in server.key -out server.unencrypted.key`, and pass that file.",
+                file=str(index),
+            )
+        if label in _KEY_LABELS:
+            keys.append(block.group(0) + b"\n")
+        elif label in _CERT_LABELS:
+            try:
+                der = base64.b64decode(b"".join(body.split()), validate=True)
+                x509.load_der_x509_certificate(der)
+            except ValueError as e:
+                raise Rejected(
+                    "unparsable",
+                    f"File {index} contains a CERTIFICATE block that is not a valid X.509 "
+                    "certificate: check that the file was copied completely.",
+                    file=str(index),
+                ) from e
+            certificates.append(der)
+        # Other blocks (parameters, CSRs) carry nothing a router needs: ignore them.
+
+
+def _split_der(data: bytes, index: int, certificates: list[bytes], keys: list[bytes]) -> None:
+    try:
+        x509.load_der_x509_certificate(data)
+        certificates.append(data)
+        return
+    except ValueError:
+        pass
+    try:
+        serialization.load_der_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+        keys.append(data)
+        return
+    except TypeError as e:
+        raise Rejected(
+            "key_encrypted",
+            "The private key is protected by a passphrase. Remove it first, e.g. "
+            "`openssl pkey -in server.key -out server.unencrypted.key`, and pass that file.",
+            file=str(index),
+        ) from e
+    except (ValueError, UnsupportedAlgorithm):
+        pass
+    raise Rejected(
+        "unparsable",
+        f"File {index} is neither a PEM file nor a DER certificate or key: pass the "
+        "certificate, intermediates and private key as PEM (-----BEGIN ...) or DER files.",
+        file=str(index),
+    )
+
+
+def load_private_key(data: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """Parse one PEM or DER key; RSA consistency is checked by `_check_rsa`, not OpenSSL."""
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(
+                data.replace(b"\r\n", b"\n"), password=None, unsafe_skip_rsa_key_validation=True
+            )
+        else:
+            key = serialization.load_der_private_key(
+                data, password=None, unsafe_skip_rsa_key_validation=True
+            )
+    except TypeError as e:
+        raise Rejected(
+            "key_encrypted",
+            "The private key is protected by a passphrase. Remove it first, e.g. "
+            "`openssl pkey -in server.key -out server.unencrypted.key`, and pass that file.",
+        ) from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise Rejected(
+            "unparsable",
+            "The private key could not be parsed: pass an unencrypted RSA or EC key in PEM or DER.",
+        ) from e
+    if isinstance(key, rsa.RSAPrivateKey):
+        _check_rsa(key)
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ALLOWED_CURVES:
+            raise Rejected(
+                "key_unsupported",
+                f"EC keys on curve {key.curve.name} are not supported: use P-256 or P-384.",
+            )
+        return key
+    kind = "Ed25519/Ed448" if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else type(key).__name__
+    raise Rejected(
+        "key_unsupported",
+        f"{kind} keys are not supported by browsers for TLS server certificates: use RSA "
+        "(2048 bits or more) or EC P-256/P-384.",
+    )
+
+
+def _check_rsa(key: rsa.RSAPrivateKey) -> None:
+    """Cheap consistency check replacing OpenSSL's RSA key validation (≈45 ms per key).
+
+    Why it is as sound for us: OpenSSL's check mostly proves p and q prime. We instead require
+    p·q == n and the CRT exponents to be consistent with d, and later that n and e equal the
+    leaf certificate's. The leaf's n was generated by its owner as a product of two primes,
+    so by unique factorization any p, q with p·q == n (both > 1) are exactly those primes;
+    with e·d ≡ 1 mod lcm(p-1, q-1) the key then signs correctly for that certificate.
+    """
+    numbers = key.private_numbers()
+    pub = numbers.public_numbers
+    p, q, d = numbers.p, numbers.q, numbers.d
+    lam = math.lcm(p - 1, q - 1)
+    consistent = (
+        p > 1
+        and q > 1
+        and p * q == pub.n
+        and (pub.e * d) % lam == 1
+        and numbers.dmp1 == d % (p - 1)
+        and numbers.dmq1 == d % (q - 1)
+        and (numbers.iqmp * q) % p == 1
+    )
+    if not consistent:
+        raise Rejected(
+            "key_invalid",
+            "The RSA private key is internally inconsistent (its factors do not match its "
+            "modulus): it is corrupted. Export the key again from where it was generated.",
+        )
+
+
+def _public_id(key: object) -> tuple[object, ...]:
+    if isinstance(key, rsa.RSAPublicKey):
+        n = key.public_numbers()
+        return ("rsa", n.n, n.e)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        n2 = key.public_numbers()
+        return ("ec", key.curve.name, n2.x, n2.y)
+    return ("other", id(key))
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _dn(name: x509.Name) -> str:
+    """OpenSSL's one-line form, as Heroku prints it: /C=US/O=Example/CN=www.example.com."""
+    parts = []
+    for rdn in name.rdns:
+        for attr in rdn:
+            value = attr.value if isinstance(attr.value, str) else attr.value.hex()
+            parts.append(f"{attr.rfc4514_attribute_name}={value}")
+    return "/" + "/".join(parts) if parts else ""
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else ""
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def _sans(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in ext.value.get_values_for_type(x509.DNSName)]
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def order_chain(
+    certificates: list[x509.Certificate], leaf: x509.Certificate | None = None
+) -> list[x509.Certificate]:
+    """Leaf first, then each issuer; raises `ChainIncomplete` if a certificate does not link."""
+    unique: dict[bytes, x509.Certificate] = {}
+    for cert in certificates:
+        unique.setdefault(cert.fingerprint(_SHA256), cert)
+    pool = list(unique.values())
+    if leaf is None:
+        issuers = {id(p) for c in pool for p in pool if c is not p and _issued_by(c, p)}
+        leaves = [c for c in pool if id(c) not in issuers]
+        leaf = leaves[0] if leaves else pool[0]
+    else:
+        leaf = unique[leaf.fingerprint(_SHA256)]
+    chain = [leaf]
+    rest = [c for c in pool if c is not leaf]
+    while rest:
+        current = chain[-1]
+        if current.issuer == current.subject:
+            break
+        parent = next((c for c in rest if _issued_by(current, c)), None)
+        if parent is None:
+            break
+        chain.append(parent)
+        rest.remove(parent)
+    if rest:
+        stray = rest[0]
+        raise ChainIncomplete(
+            f"The certificate {_dn(stray.subject)!r} does not link to the chain of "
+            f"{_dn(leaf.subject)!r}: pass only the leaf and the intermediates that issued it "
+            "(check with `certplane certs:chain FILES...`).",
+            subject=_dn(stray.subject),
+        )
+    return chain
+
+
+def inspect_bundle(
+    certificate_files: list[bytes], key_file: bytes, *, now: dt.datetime, trust: TrustStore
+) -> Bundle:
+    """Validate a bundle and return its normalized chain and facts, or raise `Rejected`."""
+    material = split_material([*certificate_files, key_file])
+    if not material.certificates:
+        raise Rejected(
+            "cert_missing",
+            "No certificate was found in the files: pass the server certificate (and its "
+            "intermediates) as PEM or DER.",
+        )
+    if len(material.keys) != 1:
+        raise Rejected(
+            "key_missing" if not material.keys else "key_ambiguous",
+            "Pass exactly one private key (the one matching the server certificate); "
+            f"found {len(material.keys)}.",
+        )
+    key = load_private_key(material.keys[0])
+    certs = [x509.load_der_x509_certificate(der) for der in material.certificates]
+    key_id = _public_id(key.public_key())
+    leaf = next((c for c in certs if _public_id(c.public_key()) == key_id), None)
+    if leaf is None:
+        raise KeyMismatch(
+            "The private key does not match the certificate: find the key that was generated "
+            "with this certificate's request (check with `certplane certs:key CRT KEYS...`).",
+        )
+    chain = order_chain(certs, leaf)
+    _check_validity(leaf, now)
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+        raise Rejected(
+            "key_too_weak",
+            f"The RSA key has {key.key_size} bits; at least {MIN_RSA_BITS} are required. "
+            "Issue a new certificate with a 2048-bit (or larger) RSA or an EC P-256 key.",
+            bits=str(key.key_size),
+        )
+    return Bundle(
+        facts=_facts(chain, key, now, trust),
+        chain_pem="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
+        private_key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _check_validity(leaf: x509.Certificate, now: dt.datetime) -> None:
+    not_after, not_before = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+    if not_after <= now:
+        raise Rejected(
+            "cert_expired",
+            f"The certificate expired at {not_after:%Y-%m-%d %H:%M} UTC: renew it with your "
+            "certificate authority and upload the new one.",
+            not_after=not_after.isoformat(),
+        )
+    if not_before > now:
+        raise Rejected(
+            "cert_not_yet_valid",
+            f"The certificate is not valid before {not_before:%Y-%m-%d %H:%M} UTC: wait until "
+            "then, or check the clock of the machine that issued it.",
+            not_before=not_before.isoformat(),
+        )
+
+
+def _facts(
+    chain: list[x509.Certificate],
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    trust: TrustStore,
+) -> CertificateFacts:
+    leaf = chain[0]
+    sans = _sans(leaf)
+    self_signed = leaf.issuer == leaf.subject and _issued_by(leaf, leaf)
+    name = next((s for s in sans if not s.startswith("*.")), None)
+    if name is None and sans:
+        name = "x" + sans[0][1:]  # a wildcard SAN is checked through one name it covers
+    return CertificateFacts(
+        subject=_dn(leaf.subject),
+        issuer=_dn(leaf.issuer),
+        common_name=_common_name(leaf),
+        sans=sans,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        fingerprint_sha256=_fingerprint(leaf),
+        serial=format(leaf.serial_number, "x"),
+        key_type="RSA" if isinstance(key, rsa.RSAPrivateKey) else f"EC {key.curve.name}",
+        key_bits=key.key_size,
+        trusted=not self_signed and trust.reaches_root(chain, name, now),
+        self_signed=self_signed,
+        chain_fingerprints=[_fingerprint(c) for c in chain],
+    )
+
+
+def matching_key(certificate: bytes, keys: list[bytes]) -> int | None:
+    """Index of the key (among `keys`) whose public half matches the certificate's, if any."""
+    material = split_material([certificate])
+    if not material.certificates:
+        raise Rejected("cert_missing", "No certificate was found in the first file.")
+    target = _public_id(x509.load_der_x509_certificate(material.certificates[0]).public_key())
+    for index, data in enumerate(keys):
+        try:
+            if _public_id(load_private_key(data).public_key()) == target:
+                return index
+        except Rejected:
+            continue
+    return None

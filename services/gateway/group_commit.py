@@ -1,0 +1,61 @@
+"""Group commit: concurrent commands in one gateway share one append transaction.
+
+While one batch is being appended, new requests queue; the next batch takes all of them
+(up to `max_batch`). Under light load a batch is one command and latency is one round
+trip; under heavy load batches grow, so one lock and one fsync serve many commands.
+Each request gets its own result: a conflict fails only that command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.storage.event_log import AppendRequest, AppendResult, EventLog
+
+log = logging.getLogger("certplane.gateway.group_commit")
+
+
+class GroupCommitter:
+    def __init__(self, event_log: EventLog, *, max_batch: int = 256) -> None:
+        self._log = event_log
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.requests = 0
+
+    async def __aenter__(self) -> GroupCommitter:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def append(self, request: AppendRequest) -> AppendResult:
+        """Append one command's events as part of the next batch; returns its own result."""
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._log.append_batch([r for r, _ in batch])
+            except Exception as e:  # every waiter learns of it; the loop goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

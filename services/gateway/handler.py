@@ -1,0 +1,294 @@
+"""Command handling: load state, decide (pure), append with expected versions, reply.
+
+The happy path reads nothing from the database: stream states are cached per version, and
+the append's version check catches a stale cache (another gateway wrote), after which the
+stream is re-read and the command decided again, a bounded number of times. Commands on
+one app are serialized within a gateway so they do not conflict with each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from events.base import Metadata
+from events.codec import CommandEnvelope
+from events.endpoint import AddCert, CertAdded, CertUpdated, UpdateCert
+from events.replies import Accepted, AppsView, AppSummary, AppView, DomainView, EndpointView, Rejected
+from services.domain import app as app_aggregate
+from services.domain.app import AppState, HostnameState
+from services.domain.errors import Rejected as RejectedError
+from services.domain.streams import APP, app_stream, category, hostname_stream, stream_key
+from services.gateway.group_commit import GroupCommitter
+from services.gateway.key_custody import KeyCustody
+from services.storage.event_log import (
+    AppendRequest,
+    AppendStatus,
+    NewDataKey,
+    NewEvent,
+    PostgresEventLog,
+    StoredEvent,
+)
+
+log = logging.getLogger("certplane.gateway")
+
+MAX_ATTEMPTS = 8
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class StreamCache:
+    """Bounded LRU of folded stream states, keyed by stream id, each with its version."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, stream: str) -> tuple[int, Any] | None:
+        entry = self._entries.get(stream)
+        if entry is not None:
+            self._entries.move_to_end(stream)
+        return entry
+
+    def put(self, stream: str, version: int, state: Any) -> None:
+        self._entries[stream] = (version, state)
+        self._entries.move_to_end(stream)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def advance(self, stream: str, expected: int, version: int, state: Any) -> None:
+        """Store `state` at `version` only if the cache still holds `expected`, else forget it."""
+        entry = self._entries.get(stream)
+        if entry is not None and entry[0] == expected:
+            self.put(stream, version, state)
+        else:
+            self._entries.pop(stream, None)
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def __call__(self, key: str) -> _Held:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        await lock.acquire()
+        return _Held(self, key, lock)
+
+    def release(self, key: str, lock: asyncio.Lock) -> None:
+        lock.release()
+        _, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
+
+
+class _Held:
+    def __init__(self, owner: _KeyedLocks, key: str, lock: asyncio.Lock) -> None:
+        self._owner, self._key, self._lock = owner, key, lock
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._owner.release(self._key, self._lock)
+
+
+def _initial(stream: str) -> Any:
+    key = stream_key(stream)
+    return AppState(name=key) if category(stream) == APP else HostnameState(hostname=key)
+
+
+def _evolve(stream: str, state: Any, event: Any) -> Any:
+    if category(stream) == APP:
+        return app_aggregate.evolve(state, event)
+    return app_aggregate.evolve_hostname(state, event)
+
+
+def accepted_from_stored(events: list[StoredEvent]) -> Accepted:
+    """The reply a command got, rebuilt from its events in the log (for repeats)."""
+    app_events = [e for e in events if category(e.stream_id) == APP] or events
+    return Accepted(
+        stream=app_events[-1].stream_id,
+        version=app_events[-1].version,
+        position=max(e.position for e in events),
+        events=[e.event for e in events],
+        warnings=list(events[0].metadata.warnings),
+    )
+
+
+def rejected_reply(error: RejectedError) -> Rejected:
+    return Rejected(code=error.code, message=error.message, details=dict(error.details))
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        event_log: PostgresEventLog,
+        committer: GroupCommitter,
+        custody: KeyCustody,
+        *,
+        clock: Clock = utcnow,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._log = event_log
+        self._committer = committer
+        self._custody = custody
+        self._clock = clock
+        self._cache = StreamCache(cache_size)
+        self._app_locks = _KeyedLocks()
+        self.conflicts = 0
+
+    async def handle(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
+        """Carry out one command; a repeat of an accepted command id answers the original reply."""
+        async with await self._app_locks(envelope.command.app):
+            try:
+                return await self._decide_and_append(envelope, traceparent)
+            except RejectedError as error:
+                # A retried command may be refused now (e.g. "app exists") although its first
+                # delivery succeeded: the log is the judge of whether it already happened.
+                original = await self._log.read_command(envelope.id)
+                return accepted_from_stored(original) if original else rejected_reply(error)
+
+    async def _load(self, stream: str, *, refresh: bool = False) -> tuple[int, Any]:
+        cached = self._cache.get(stream)
+        if cached is not None and not refresh:
+            return cached
+        version, state = cached if cached is not None else (0, _initial(stream))
+        for stored in await self._log.read_stream(stream, after_version=version):
+            state = _evolve(stream, state, stored.event)
+            version = stored.version
+        self._cache.put(stream, version, state)
+        return version, state
+
+    async def _decide_and_append(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
+        command = envelope.command
+        now = self._clock()
+        new_keys: list[NewDataKey] = []
+        cert = None
+        if isinstance(command, AddCert | UpdateCert):
+            self._require_uuid(envelope.id)
+            prepared = self._custody.prepare(command.certificates, command.key, now)
+            cert, new_keys = prepared.cert, [prepared.new_key]
+        app_id = app_stream(command.app)
+        for _attempt in range(MAX_ATTEMPTS):
+            app_version, app_state = await self._load(app_id)
+            versions = {app_id: app_version}
+            hostnames: dict[str, HostnameState] = {}
+            for host in app_aggregate.related_hostnames(app_state, command):
+                host_version, hostnames[host] = await self._load(hostname_stream(host))
+                versions[hostname_stream(host)] = host_version
+            decision = app_aggregate.decide(
+                app_state, hostnames, command, now=now, seed=envelope.id, cert=cert
+            )
+            metadata = Metadata(
+                command_id=envelope.id,
+                actor=envelope.actor,
+                correlation_id=envelope.correlation_id or envelope.id,
+                causation_id=envelope.causation_id or envelope.id,
+                traceparent=traceparent,
+                warnings=decision.warnings,
+            )
+            shred = [
+                key_id
+                for _, event in decision.events
+                for key_id in getattr(event, "shredded_key_ids", [])
+            ]
+            request = AppendRequest(
+                command_id=self._require_uuid(envelope.id),
+                expected=versions,
+                events=[NewEvent(s, e, metadata, str(uuid.uuid4())) for s, e in decision.events],
+                new_keys=new_keys if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events) else [],
+                shred=shred,
+            )
+            result = await self._committer.append(request)
+            if result.status is AppendStatus.OK:
+                self._advance_cache(versions, decision.events, result.versions)
+                app_positions = [
+                    v for (s, _), v in zip(decision.events, result.versions, strict=True) if s == app_id
+                ]
+                return Accepted(
+                    stream=app_id,
+                    version=app_positions[-1] if app_positions else app_version,
+                    position=max(result.positions),
+                    events=[e for _, e in decision.events],  # type: ignore[misc]
+                    warnings=decision.warnings,
+                )
+            if result.status is AppendStatus.DUPLICATE:
+                return accepted_from_stored(await self._log.read_command(envelope.id))
+            self.conflicts += 1
+            await self._load(result.stream, refresh=True)
+        raise RejectedError(
+            "busy",
+            f"{command.app} was changed by other commands {MAX_ATTEMPTS} times while this one was "
+            "being decided: send the same command again (with the same id).",
+        )
+
+    def _advance_cache(self, expected: dict[str, int], events: list[tuple[str, Any]], versions: list[int]) -> None:
+        states: dict[str, tuple[int, Any]] = {}
+        for (stream, event), version in zip(events, versions, strict=True):
+            _, state = states.get(stream) or (0, (self._cache.get(stream) or (0, _initial(stream)))[1])
+            states[stream] = (version, _evolve(stream, state, event))
+        for stream, (version, state) in states.items():
+            self._cache.advance(stream, expected[stream], version, state)
+
+    @staticmethod
+    def _require_uuid(command_id: str) -> str:
+        try:
+            return str(uuid.UUID(command_id))
+        except ValueError as e:
+            raise RejectedError(
+                "bad_command",
+                f"The command id {command_id!r} is not a UUID: clients must send a fresh UUID per "
+                "command (and the same one when they retry it).",
+            ) from e
+
+    # -- reads (until the projections of the next issue take over) --------------------------
+
+    async def app_view(self, app: str) -> AppView | Rejected:
+        _, state = await self._load(app_stream(app), refresh=True)
+        if not state.exists:
+            return rejected_reply(
+                RejectedError(
+                    "app_not_found",
+                    f"There is no app named {app}: check the name (`certplane apps`).",
+                    app=app,
+                )
+            )
+        return AppView(
+            app=app,
+            domains=[
+                DomainView(hostname=d.hostname, endpoint=d.endpoint, dns_verified=d.dns_verified)
+                for d in sorted(state.domains.values(), key=lambda d: d.hostname)
+            ],
+            endpoints=[
+                EndpointView(
+                    name=e.name,
+                    endpoint_type=e.endpoint_type,
+                    certificate=e.certificate,
+                    domains=state.served_by(e.name),
+                )
+                for e in state.endpoints.values()
+            ],
+        )
+
+    async def apps_view(self) -> AppsView:
+        apps = []
+        for stream in await self._log.stream_ids(APP):
+            _, state = await self._load(stream, refresh=True)
+            if state.exists:
+                apps.append(
+                    AppSummary(name=state.name, domains=len(state.domains), endpoints=len(state.endpoints))
+                )
+        return AppsView(apps=apps)

@@ -1,0 +1,165 @@
+"""The gateway process: NATS in, the event log out. Several gateways share a queue group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from events.codec import COMMAND_DECODER, CommandEnvelope, encode
+from events.replies import GatewayKey, Rejected
+from events.union import tag_of
+from services.config import Settings
+from services.domain.errors import Rejected as RejectedError
+from services.domain.x509_bundle import TrustStore
+from services.gateway.group_commit import GroupCommitter
+from services.gateway.handler import CommandHandler, rejected_reply
+from services.gateway.key_custody import KeyCustody, load_master_key
+from services.storage.database import service_pool
+from services.storage.event_log import PostgresEventLog
+from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
+from services.telemetry import PROPAGATOR, current_traceparent, new_traceparent, tracer
+
+log = logging.getLogger("certplane.gateway")
+
+
+async def connect_nats(url: str, name: str, **kwargs: Any) -> nats.NATS:
+    """Connect with endless reconnects: a NATS restart must not end a long-running service."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", e)
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        **kwargs,
+    )
+
+
+class Gateway:
+    """Decides commands and answers reads; `async with Gateway(settings) as gw: await gw.serve()`."""
+
+    def __init__(self, settings: Settings, *, max_in_flight: int = 512) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Gateway:
+        s = self.settings
+        master = load_master_key(s)
+        extra = [s.extra_ca_file] if s.extra_ca_file else []
+        self.custody = KeyCustody(master, TrustStore.from_files(*extra, include_system=s.trust_system_store))
+        self.pool = await service_pool(s.database_url, s.service_role, min_size=2, max_size=6)
+        self._stack.push_async_callback(self.pool.close)
+        self.event_log = PostgresEventLog(self.pool, url=s.database_url)
+        self.committer = await self._stack.enter_async_context(GroupCommitter(self.event_log))
+        self.handler = CommandHandler(self.event_log, self.committer, self.custody)
+        self.nc = await connect_nats(s.nats_url, "certplane-gateway")
+        await self.nc.subscribe(self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command)
+        await self.nc.subscribe(self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query)
+        await self.nc.flush()
+        log.info("gateway ready on %s (prefix %s)", s.nats_url, s.prefix)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.drain()  # stop taking messages, finish the ones in hand
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        await self._stack.aclose()
+
+    async def _spawn_command(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._on_command(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _spawn_query(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._on_query(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("unexpected error handling a message", exc_info=task.exception())
+
+    async def _on_command(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            envelope = COMMAND_DECODER.decode(msg.data)
+        except msgspec.DecodeError as e:  # ValidationError is a DecodeError
+            await self._respond(msg, Rejected(
+                code="bad_command",
+                message=f"The command could not be read: {e}. Check the field names and types "
+                "against schemas/json/CommandEnvelope.json.",
+            ))
+            return
+        subject_app = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
+        if subject_app != envelope.command.app:
+            await self._respond(msg, Rejected(
+                code="bad_command",
+                message=f"The subject names app {subject_app!r} but the command is for "
+                f"{envelope.command.app!r}: publish to {self.subjects.command(envelope.command.app, '<Command>')}.",
+            ))
+            return
+        tag = tag_of(type(envelope.command))
+        incoming = headers.get("traceparent", "")
+        with tracer().start_as_current_span(
+            tag,
+            context=PROPAGATOR.extract(headers),
+            attributes={"certplane.app": envelope.command.app, "certplane.command_id": envelope.id},
+        ):
+            traceparent = current_traceparent(incoming or new_traceparent())
+            try:
+                reply = await self.handler.handle(envelope, traceparent)
+            except RejectedError as e:
+                reply = rejected_reply(e)
+            except Exception:
+                log.exception("command %s (%s) failed", envelope.id, tag)
+                reply = Rejected(
+                    code="internal_error",
+                    message="The gateway failed while handling this command; nothing was appended "
+                    "unless a retry with the same command id says otherwise. Try again.",
+                )
+        await self._respond(msg, reply)
+
+    async def _on_query(self, msg: Msg) -> None:
+        parts = msg.subject[len(self.settings.prefix) + 1:].split(".")
+        app, view = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+        try:
+            if app == NON_APP and view == "apps":
+                reply: Any = await self.handler.apps_view()
+            elif app == NON_APP and view == "gateway-key":
+                reply = GatewayKey(key_id=self.custody.key_id, public_key=self.custody.public_key)
+            elif view == "app":
+                reply = await self.handler.app_view(app)
+            else:
+                reply = Rejected(code="unknown_query", message=f"There is no query {msg.subject!r}.")
+        except Exception:
+            log.exception("query %s failed", msg.subject)
+            reply = Rejected(code="internal_error", message="The gateway failed to answer; try again.")
+        await self._respond(msg, reply)
+
+    async def _respond(self, msg: Msg, reply: object) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(reply))
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set (SIGTERM/SIGINT in `certplane gateway`)."""
+    async with Gateway(settings):
+        await stop.wait()

@@ -1,0 +1,33 @@
+"""Running a service process: logging, SIGTERM/SIGINT to a stop event, a clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from services.telemetry import setup_tracing
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("CERTPLANE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_service(name: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `body(stop)` until SIGTERM or SIGINT sets `stop`; then it drains and returns."""
+    setup_logging()
+    setup_tracing(name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await body(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,69 @@
+"""Connecting to PostgreSQL: creating the database if needed, and pools as the service role."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import asyncpg
+
+from services.domain.errors import Unavailable
+from services.storage.migrations import migrate
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + database))
+
+
+def database_name(url: str) -> str:
+    return urllib.parse.urlsplit(url).path.lstrip("/") or "postgres"
+
+
+async def connect(url: str, **kwargs: object) -> asyncpg.Connection:
+    """One admin connection; raises `Unavailable` naming the URL when it cannot be reached."""
+    try:
+        return await asyncpg.connect(url, timeout=10, **kwargs)  # type: ignore[arg-type]
+    except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
+        raise Unavailable(f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)) from e
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+async def ensure_database(url: str) -> list[str]:
+    """Create the URL's database if it does not exist, then apply pending migrations."""
+    name = database_name(url)
+    try:
+        conn = await connect(url)
+    except asyncpg.exceptions.InvalidCatalogNameError:
+        admin = await connect(_with_database(url, "postgres"))
+        try:
+            await admin.execute(f'create database "{name}"')
+        except asyncpg.exceptions.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+        conn = await connect(url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def service_pool(url: str, role: str, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
+    """A pool whose sessions run as `role` (startup parameter, so pool resets keep it)."""
+    settings = {"role": role} if role else {}
+    try:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, server_settings=settings, timeout=10
+        )
+    except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
+        raise Unavailable(f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)) from e
+    assert pool is not None
+    return pool

@@ -1,0 +1,193 @@
+"""The event log on PostgreSQL: append batches through `certplane_append`, read streams back.
+
+This is the one place that talks to the `events` table. Driver errors are translated here
+(STYLE 10): connection trouble becomes `Unavailable`; everything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+import msgspec
+
+from events.base import Event, Metadata
+from events.codec import CURRENT_SCHEMA_VERSION, METADATA_DECODER, decode_event, encode
+from events.union import AnyEvent, tag_of
+from services.domain.errors import Unavailable
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    stream_id: str
+    event: Event
+    metadata: Metadata
+    event_id: str
+
+
+@dataclass(frozen=True)
+class NewDataKey:
+    key_id: str
+    master_key_id: str
+    wrapped: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    """One command's events, with the version it expects of every stream it read."""
+
+    command_id: str
+    expected: dict[str, int]
+    events: list[NewEvent]
+    new_keys: list[NewDataKey] = field(default_factory=list)
+    shred: list[str] = field(default_factory=list)
+
+
+class AppendStatus(enum.Enum):
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    status: AppendStatus
+    positions: list[int] = []
+    versions: list[int] = []
+    stream: str = ""
+    expected: int = 0
+    actual: int = 0
+
+
+_RESULTS = msgspec.json.Decoder(list[AppendResult])
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    stream_id: str
+    version: int
+    event_id: str
+    command_id: str
+    command_index: int
+    event: AnyEvent
+    metadata: Metadata
+    recorded_at: dt.datetime
+
+
+class EventLog(Protocol):
+    """What the gateway needs of the log.
+
+    `append_batch` applies each request atomically and independently, in order, in one
+    transaction: a request whose expected versions do not match gets CONFLICT, one whose
+    command id is already in the log gets DUPLICATE, and neither affects the others.
+    Raises `Unavailable` when the store cannot be reached (nothing or everything committed).
+    """
+
+    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]: ...
+
+    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]: ...
+
+    async def read_command(self, command_id: str) -> list[StoredEvent]: ...
+
+
+_COLUMNS = (
+    "position, stream_id, stream_version, event_id::text, command_id::text, command_index,"
+    " type, schema_version, data::text, metadata::text, recorded_at"
+)
+
+
+def _stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        position=row[0],
+        stream_id=row[1],
+        version=row[2],
+        event_id=row[3],
+        command_id=row[4],
+        command_index=row[5],
+        event=decode_event(row[6], row[7], row[8]),
+        metadata=METADATA_DECODER.decode(row[9]),
+        recorded_at=row[10],
+    )
+
+
+def _batch_json(requests: list[AppendRequest]) -> str:
+    batch = [
+        {
+            "command_id": r.command_id,
+            "expected": r.expected,
+            "events": [
+                {
+                    "stream_id": e.stream_id,
+                    "event_id": e.event_id,
+                    "type": tag_of(type(e.event)),
+                    "schema_version": CURRENT_SCHEMA_VERSION[tag_of(type(e.event))],
+                    "data": encode(e.event).decode(),
+                    "metadata": encode(e.metadata).decode(),
+                }
+                for e in r.events
+            ],
+            "new_keys": [
+                {
+                    "key_id": k.key_id,
+                    "master_key_id": k.master_key_id,
+                    "wrapped": base64.b64encode(k.wrapped).decode(),
+                }
+                for k in r.new_keys
+            ],
+            "shred": r.shred,
+        }
+        for r in requests
+    ]
+    return msgspec.json.encode(batch).decode()
+
+
+class PostgresEventLog:
+    """`EventLog` on an asyncpg pool whose connections run as the service role."""
+
+    def __init__(self, pool: asyncpg.Pool, *, url: str = "") -> None:
+        self._pool = pool
+        self._url = url
+
+    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+        payload = _batch_json(requests)
+        try:
+            raw = await self._pool.fetchval("select certplane_append($1::jsonb)::text", payload)
+        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.CannotConnectNowError) as e:
+            raise Unavailable("the event log cannot be reached", url=self._url) from e
+        return _RESULTS.decode(raw)
+
+    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
+        rows = await self._pool.fetch(
+            f"select {_COLUMNS} from events where stream_id = $1 and stream_version > $2"
+            " order by stream_version",
+            stream_id,
+            after_version,
+        )
+        return [_stored(r) for r in rows]
+
+    async def read_command(self, command_id: str) -> list[StoredEvent]:
+        rows = await self._pool.fetch(
+            f"select {_COLUMNS} from events where command_id = $1::uuid order by command_index",
+            command_id,
+        )
+        return [_stored(r) for r in rows]
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        rows = await self._pool.fetch(
+            f"select {_COLUMNS} from events where position > $1 order by position limit $2",
+            after_position,
+            limit,
+        )
+        return [_stored(r) for r in rows]
+
+    async def stream_ids(self, category: str) -> list[str]:
+        rows = await self._pool.fetch(
+            "select distinct stream_id from events where stream_id like $1 order by stream_id",
+            category + "-%",
+        )
+        return [r[0] for r in rows]

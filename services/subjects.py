@@ -1,0 +1,32 @@
+"""Every NATS subject, KV key and stream name certplane uses is built here (STYLE 14).
+
+The prefix (default `certplane`) lets tests and several installations share one NATS.
+Command subjects carry the app name, which `validate_app_name` restricts to [a-z0-9-],
+so it is always a safe NATS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NON_APP = "_"  # the app token of requests that concern no single app (app names never are "_")
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = "certplane"
+
+    def command(self, app: str, command: str) -> str:
+        return f"{self.prefix}.cmd.{app}.{command}"
+
+    def all_commands(self) -> str:
+        return f"{self.prefix}.cmd.>"
+
+    def query(self, app: str, view: str) -> str:
+        return f"{self.prefix}.query.{app}.{view}"
+
+    def all_queries(self) -> str:
+        return f"{self.prefix}.query.>"
+
+
+GATEWAY_QUEUE = "gateway"

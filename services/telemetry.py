@@ -1,0 +1,57 @@
+"""OpenTelemetry at the service layer only (STYLE 13): one span per command, sampled.
+
+Tracing is off unless CERTPLANE_TRACE_EXPORT names an exporter (`console`); the sample
+ratio comes from CERTPLANE_TRACE_SAMPLE (default 0.01; a sampled parent always wins).
+Every event still records a W3C traceparent: the caller's, or a fresh unsampled one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+PROPAGATOR = TraceContextTextMapPropagator()
+_configured = False
+
+
+def setup_tracing(service: str) -> None:
+    """Install an SDK tracer provider if the environment asks for an exporter."""
+    global _configured
+    exporter_name = os.environ.get("CERTPLANE_TRACE_EXPORT", "")
+    if _configured or not exporter_name:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    ratio = float(os.environ.get("CERTPLANE_TRACE_SAMPLE", "0.01"))
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(ratio)),
+        resource=Resource.create({"service.name": f"certplane-{service}"}),
+    )
+    if exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("certplane")
+
+
+def new_traceparent(sampled: bool = False) -> str:
+    """A fresh W3C traceparent header value."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"
+
+
+def current_traceparent(fallback: str) -> str:
+    """The active span's traceparent if it is recording, else `fallback`."""
+    carrier: dict[str, str] = {}
+    span = trace.get_current_span()
+    if span.get_span_context().is_valid:
+        PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", fallback)
