@@ -128,7 +128,7 @@ def servers_for(settings: Settings, state: Path, *, say: bool = True) -> Iterato
             settings = dataclasses.replace(settings, database_url=url)
         if not nats_reachable(settings.nats_url):
             _, wanted = _host_port(settings.nats_url, 4222)
-            port = wanted if not tcp_reachable("127.0.0.1", wanted, 0.2) else free_port()
+            port = wanted if wanted >= 1024 and not tcp_reachable("127.0.0.1", wanted, 0.2) else free_port()
             nats_server = EmbeddedNats(state / "nats", port)
             started.append(nats_server)
             url = nats_server.start()

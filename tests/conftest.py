@@ -1,0 +1,129 @@
+"""Fixtures shared by every tier: real PostgreSQL and NATS, isolated per test.
+
+The servers are the configured ones (CERTPLANE_DATABASE_URL / CERTPLANE_NATS_URL, by
+default 127.0.0.1:5432 and :4222) or, where those do not answer, embedded ones started
+once for the session. Each test gets its own database (a copy of a migrated template) and
+its own NATS subject prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.cli.client import ControlPlane
+from services.config import Settings
+from services.devcerts import DevCA
+from services.domain.key_envelope import MasterKey
+from services.embedded import servers_for
+from services.storage.database import _with_database, ensure_database
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    state = Path(os.environ.get("CERTPLANE_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
+    with servers_for(Settings.from_env(), state) as settings:
+        yield settings
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_with_database(url, "postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(servers: Settings) -> Iterator[str]:
+    name = f"cp_template_{secrets.token_hex(4)}"
+    url = _with_database(servers.database_url, name)
+    asyncio.run(ensure_database(url))
+    yield name
+    asyncio.run(_admin(url, f'drop database if exists "{name}" with (force)'))
+
+
+@pytest.fixture
+def db_url(servers: Settings, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"cp_test_{secrets.token_hex(6)}"
+    url = _with_database(servers.database_url, name)
+    asyncio.run(_admin(url, f'create database "{name}" template "{template_db}"'))
+    yield url
+    asyncio.run(_admin(url, f'drop database if exists "{name}" with (force)'))
+
+
+@pytest.fixture(scope="session")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    return DevCA.create("certplane test")
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: DevCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "root.crt"
+    path.write_bytes(ca.root.cert_pem)
+    return path
+
+
+@pytest.fixture
+def settings(servers: Settings, db_url: str, ca_file: Path) -> Settings:
+    return dataclasses.replace(
+        servers,
+        database_url=db_url,
+        prefix=f"t{secrets.token_hex(5)}",
+        master_key=MasterKey.generate().to_text(),
+        extra_ca_file=str(ca_file),
+        trust_system_store=False,
+    )
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[object]:
+    from services.gateway.service import Gateway
+
+    async with Gateway(settings) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def cp(settings: Settings, gateway: object) -> AsyncIterator[ControlPlane]:
+    async with ControlPlane(settings.nats_url, settings.prefix, actor="test@certplane") as client:
+        yield client
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPLANE_")}
+    env.update(
+        CERTPLANE_DATABASE_URL=settings.database_url,
+        CERTPLANE_NATS_URL=settings.nats_url,
+        CERTPLANE_PREFIX=settings.prefix,
+        CERTPLANE_MASTER_KEY=settings.master_key,
+        CERTPLANE_EXTRA_CA_FILE=settings.extra_ca_file,
+        CERTPLANE_TRUST_SYSTEM_STORE="1" if settings.trust_system_store else "0",
+        PYTHONPATH=str(REPO),
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `certplane` command, as a user would, against this test's control plane."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=env_for(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )

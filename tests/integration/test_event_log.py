@@ -1,0 +1,136 @@
+"""The log on real PostgreSQL: append-only, dense positions, per-stream versions, the chain."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from events.base import Metadata
+from events.domain import DomainAdded
+from services.storage.database import service_pool
+from services.storage.event_log import (
+    AppendRequest,
+    AppendStatus,
+    NewEvent,
+    PostgresEventLog,
+)
+from services.storage.hash_chain import GENESIS, event_hash
+
+
+def request(stream: str, expected: int, n: int = 1, command_id: str | None = None) -> AppendRequest:
+    cid = command_id or str(uuid.uuid4())
+    meta = Metadata(command_id=cid, actor="test", correlation_id=cid, causation_id=cid)
+    events = [
+        NewEvent(stream, DomainAdded(app="demo", hostname=f"h{i}.example.com"), meta, str(uuid.uuid4()))
+        for i in range(n)
+    ]
+    return AppendRequest(command_id=cid, expected={stream: expected}, events=events)
+
+
+@pytest.fixture
+async def log(db_url: str):
+    pool = await service_pool(db_url, "certplane_service", min_size=1, max_size=20)
+    yield PostgresEventLog(pool)
+    await pool.close()
+
+
+async def test_appends_assign_dense_positions_and_stream_versions(log) -> None:
+    [a] = await log.append_batch([request("app-one", 0, n=2)])
+    [b] = await log.append_batch([request("app-two", 0)])
+    [c] = await log.append_batch([request("app-one", 2)])
+    assert (a.positions, a.versions) == ([1, 2], [1, 2])
+    assert (b.positions, b.versions) == ([3], [1])
+    assert (c.positions, c.versions) == ([4], [3])
+    assert [e.version for e in await log.read_stream("app-one")] == [1, 2, 3]
+
+
+async def test_a_conflict_fails_only_its_own_command_in_a_batch(log) -> None:
+    await log.append_batch([request("app-one", 0)])
+    results = await log.append_batch([request("app-a", 0), request("app-one", 0), request("app-b", 0)])
+    assert [r.status for r in results] == [AppendStatus.OK, AppendStatus.CONFLICT, AppendStatus.OK]
+    assert (results[1].stream, results[1].expected, results[1].actual) == ("app-one", 0, 1)
+    assert results[0].positions == [2] and results[2].positions == [3]  # no hole left by the loser
+
+
+async def test_a_command_id_appends_once(log) -> None:
+    cid = str(uuid.uuid4())
+    [first] = await log.append_batch([request("app-one", 0, command_id=cid)])
+    [again] = await log.append_batch([request("app-other", 0, command_id=cid)])
+    assert first.status is AppendStatus.OK and again.status is AppendStatus.DUPLICATE
+    assert len(await log.read_all()) == 1
+
+
+async def test_sixteen_concurrent_writers_get_one_winner_per_version_and_no_gaps(log, db_url) -> None:
+    winners: dict[int, int] = {}
+
+    async def writer(i: int) -> None:
+        for _ in range(200):
+            version = len(await log.read_stream("app-contended"))
+            [result] = await log.append_batch([request("app-contended", version)])
+            if result.status is AppendStatus.OK:
+                assert result.versions[0] not in winners
+                winners[result.versions[0]] = i
+            if len(winners) >= 100:
+                return
+
+    await asyncio.gather(*(writer(i) for i in range(16)))
+    conn = await asyncpg.connect(db_url)
+    rows = await conn.fetch("select position, stream_version from events order by position")
+    await conn.close()
+    assert [r["position"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["stream_version"] for r in rows] == list(range(1, len(rows) + 1))
+    assert sorted(winners) == list(range(1, len(rows) + 1))
+    assert len(set(winners.values())) > 1  # really concurrent
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["update events set type = 'x'", "delete from events", "truncate events"],
+)
+async def test_the_service_role_cannot_change_history(log, db_url, statement) -> None:
+    await log.append_batch([request("app-one", 0)])
+    conn = await asyncpg.connect(db_url, server_settings={"role": "certplane_service"})
+    with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="permission denied"):
+        await conn.execute(statement)
+    await conn.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["update events set type = 'x'", "delete from events where position = 1", "truncate events"],
+)
+async def test_the_trigger_stops_even_a_superuser(log, db_url, statement) -> None:
+    await log.append_batch([request("app-one", 0)])
+    conn = await asyncpg.connect(db_url)
+    assert await conn.fetchval("select rolsuper from pg_roles where rolname = current_user")
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await conn.execute(statement)
+    assert await conn.fetchval("select count(*) from events") == 1
+    await conn.close()
+
+
+async def test_the_hash_chain_is_recomputable_outside_the_database(log, db_url) -> None:
+    for i in range(5):
+        await log.append_batch([request(f"app-{i}", 0, n=2), request(f"app-x{i}", 0)])
+    conn = await asyncpg.connect(db_url)
+    rows = await conn.fetch(
+        "select position, stream_id, stream_version, event_id::text, command_id::text, command_index,"
+        " type, schema_version, recorded_at, data::text, metadata::text, prev_hash, hash"
+        " from events order by position"
+    )
+    head = await conn.fetchrow("select position, hash from log_head")
+    await conn.close()
+    prev = GENESIS
+    for r in rows:
+        assert bytes(r["prev_hash"]) == prev
+        computed = event_hash(prev, *[r[k] for k in (
+            "position", "stream_id", "stream_version", "event_id", "command_id", "command_index",
+            "type", "schema_version", "recorded_at", "data", "metadata")])
+        assert computed == bytes(r["hash"])
+        prev = computed
+    assert (head["position"], bytes(head["hash"])) == (len(rows), prev)
+    times = [r["recorded_at"] for r in rows]
+    assert times == sorted(times)

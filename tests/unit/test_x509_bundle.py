@@ -1,0 +1,181 @@
+"""Certificate bundles: what users upload, normalized or refused with a precise reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from services.devcerts import DevCA, issue, key_pem, new_key
+from services.domain.errors import Rejected
+from services.domain.x509_bundle import (
+    MAX_BUNDLE_BYTES,
+    TrustStore,
+    inspect_bundle,
+    matching_key,
+    split_material,
+)
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def ca() -> DevCA:
+    return DevCA.create("unit")
+
+
+@pytest.fixture(scope="module")
+def trust(ca: DevCA) -> TrustStore:
+    return TrustStore([ca.root.cert])
+
+
+@pytest.fixture(scope="module")
+def leaf(ca: DevCA):
+    return ca.leaf("www.example.com", "example.com")
+
+
+def test_orders_a_shuffled_chain_leaf_first_and_drops_duplicates(ca, leaf, trust) -> None:
+    files = [ca.root.cert_pem, ca.intermediate.cert_pem, leaf.cert_pem, ca.intermediate.cert_pem]
+    bundle = inspect_bundle(files, leaf.key_pem, now=NOW, trust=trust)
+    fps = bundle.facts.chain_fingerprints
+    assert len(fps) == 3
+    assert bundle.chain_pem.startswith(leaf.cert_pem.decode())
+    assert bundle.chain_pem.index(ca.intermediate.cert_pem.decode()) < bundle.chain_pem.index(
+        ca.root.cert_pem.decode()
+    )
+    assert bundle.facts.trusted and not bundle.facts.self_signed
+    assert bundle.facts.sans == ["www.example.com", "example.com"]
+    assert bundle.facts.key_type == "EC secp256r1" and bundle.facts.key_bits == 256
+
+
+def test_accepts_crlf_pem_der_and_a_combined_pem(ca, leaf, trust) -> None:
+    crlf = leaf.cert_pem.replace(b"\n", b"\r\n")
+    der = ca.intermediate.cert.public_bytes(serialization.Encoding.DER)
+    a = inspect_bundle([crlf, der], leaf.key_pem.replace(b"\n", b"\r\n"), now=NOW, trust=trust)
+    combined = leaf.cert_pem + ca.intermediate.cert_pem + leaf.key_pem
+    material = split_material([combined])
+    assert len(material.certificates) == 2 and len(material.keys) == 1
+    b = inspect_bundle(material.certificates, material.keys[0], now=NOW, trust=trust)
+    assert a.facts == b.facts and a.chain_pem == b.chain_pem
+
+
+def test_accepts_a_der_key_and_normalizes_it_to_pkcs8_pem(leaf, ca, trust) -> None:
+    der_key = leaf.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    bundle = inspect_bundle([leaf.cert_pem, ca.intermediate.cert_pem], der_key, now=NOW, trust=trust)
+    assert bundle.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_repr_of_a_bundle_never_shows_the_key(leaf, ca, trust) -> None:
+    bundle = inspect_bundle([leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem, now=NOW, trust=trust)
+    assert b"PRIVATE" not in repr(bundle).encode() and "private_key_pem" not in repr(bundle)
+
+
+def test_self_signed_is_reported_and_not_trusted(trust) -> None:
+    cert = issue("self.example.com", sans=["self.example.com"])
+    bundle = inspect_bundle([cert.cert_pem], cert.key_pem, now=NOW, trust=trust)
+    assert bundle.facts.self_signed and not bundle.facts.trusted
+
+
+def test_a_chain_to_an_unknown_root_is_untrusted(leaf, ca) -> None:
+    bundle = inspect_bundle(
+        [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem, now=NOW, trust=TrustStore([])
+    )
+    assert not bundle.facts.trusted and not bundle.facts.self_signed
+
+
+def _code(excinfo: pytest.ExceptionInfo[Rejected]) -> str:
+    return excinfo.value.code
+
+
+REFUSALS = [
+    # (case, builder -> (cert files, key), expected code, words the message must contain)
+    ("wrong key", lambda ca, leaf: ([leaf.cert_pem], key_pem(new_key())), "key_mismatch", "does not match"),
+    (
+        "expired",
+        lambda ca, _: _leaf(ca, not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)),
+        "cert_expired",
+        "expired",
+    ),
+    (
+        "not yet valid",
+        lambda ca, _: _leaf(ca, not_before=NOW + dt.timedelta(days=1)),
+        "cert_not_yet_valid",
+        "not valid before",
+    ),
+    ("1024-bit RSA", lambda ca, _: _leaf(ca, key_kind="rsa1024"), "key_too_weak", "2048"),
+    ("garbage", lambda ca, leaf: ([b"\x00\x01garbage" * 10], leaf.key_pem), "unparsable", "neither a PEM"),
+    (
+        "truncated PEM",
+        lambda ca, leaf: ([leaf.cert_pem[:200]], leaf.key_pem),
+        "unparsable",
+        "no complete PEM block",
+    ),
+    (
+        "too large",
+        lambda ca, leaf: ([leaf.cert_pem + b"\n" * MAX_BUNDLE_BYTES], leaf.key_pem),
+        "bundle_too_large",
+        "at most",
+    ),
+    ("no certificate", lambda ca, leaf: ([], leaf.key_pem), "cert_missing", "No certificate"),
+    (
+        "passphrase-protected key",
+        lambda ca, leaf: (
+            [leaf.cert_pem],
+            leaf.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            ),
+        ),
+        "key_encrypted",
+        "passphrase",
+    ),
+    (
+        "chain that does not link",
+        lambda ca, leaf: ([leaf.cert_pem, DevCA.create("other").intermediate.cert_pem], leaf.key_pem),
+        "chain_broken",
+        "does not link",
+    ),
+]
+
+
+def _leaf(ca: DevCA, **kwargs):
+    cert = ca.leaf("www.example.com", **kwargs)
+    return [cert.cert_pem, ca.intermediate.cert_pem], cert.key_pem
+
+
+@pytest.mark.parametrize(("case", "build", "code", "words"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals_name_the_problem(case, build, code, words, ca, leaf, trust) -> None:
+    files, key = build(ca, leaf)
+    with pytest.raises(Rejected) as excinfo:
+        inspect_bundle(files, key, now=NOW, trust=trust)
+    assert _code(excinfo) == code
+    assert words in excinfo.value.message
+    assert b"PRIVATE KEY" not in excinfo.value.message.encode()
+
+
+def test_an_inconsistent_rsa_key_is_refused_without_openssl_validation(ca) -> None:
+    good = ca.leaf("rsa.example.com", key_kind="rsa2048")
+    n = good.key.private_numbers()
+    # Same public half (so it "matches" the certificate) but a corrupted CRT exponent.
+    broken = rsa.RSAPrivateNumbers(
+        p=n.p, q=n.q, d=n.d, dmp1=n.dmp1 ^ 2, dmq1=n.dmq1, iqmp=n.iqmp, public_numbers=n.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    with pytest.raises(Rejected) as excinfo:
+        inspect_bundle([good.cert_pem, ca.intermediate.cert_pem], key_pem(broken), now=NOW, trust=TrustStore([]))
+    assert excinfo.value.code == "key_invalid"
+
+
+def test_a_valid_rsa_2048_bundle_is_accepted(ca) -> None:
+    good = ca.leaf("rsa.example.com", key_kind="rsa2048")
+    bundle = inspect_bundle([good.cert_pem, ca.intermediate.cert_pem], good.key_pem, now=NOW, trust=TrustStore([ca.root.cert]))
+    assert bundle.facts.key_type == "RSA" and bundle.facts.key_bits == 2048 and bundle.facts.trusted
+
+
+def test_matching_key_finds_the_right_file(leaf) -> None:
+    assert matching_key(leaf.cert_pem, [key_pem(new_key()), leaf.key_pem]) == 1
+    assert matching_key(leaf.cert_pem, [key_pem(new_key())]) is None
