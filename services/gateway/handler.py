@@ -152,6 +152,10 @@ class CommandHandler:
 
     async def handle(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
         """Carry out one command; a repeat of an accepted command id answers the original reply."""
+        try:
+            self._require_uuid(envelope.id)
+        except RejectedError as error:
+            return rejected_reply(error)
         async with await self._app_locks(envelope.command.app):
             try:
                 return await self._decide_and_append(envelope, traceparent)
@@ -178,7 +182,6 @@ class CommandHandler:
         new_keys: list[NewDataKey] = []
         cert = None
         if isinstance(command, AddCert | UpdateCert):
-            self._require_uuid(envelope.id)
             prepared = self._custody.prepare(command.certificates, command.key, now)
             cert, new_keys = prepared.cert, [prepared.new_key]
         app_id = app_stream(command.app)
@@ -206,7 +209,7 @@ class CommandHandler:
                 for key_id in getattr(event, "shredded_key_ids", [])
             ]
             request = AppendRequest(
-                command_id=self._require_uuid(envelope.id),
+                command_id=envelope.id,
                 expected=versions,
                 events=[NewEvent(s, e, metadata, str(uuid.uuid4())) for s, e in decision.events],
                 new_keys=new_keys if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events) else [],

@@ -1,0 +1,234 @@
+"""The command path end to end through NATS and PostgreSQL, with an in-process gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import uuid
+
+import msgspec
+import nats
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+
+from events.app import CreateApp, DestroyApp
+from events.codec import COMMAND_REPLY_DECODER, decode_event
+from events.domain import AddDomain, RemoveDomain, VerifyDns
+from events.endpoint import CertAdded, DestroyEndpoint, EncryptedKey, EndpointType, RemoveCert, SealedKey
+from events.replies import Accepted, AppsView, AppView, Rejected
+from services.cli.client import ControlPlane
+from services.devcerts import DevCA, issue, key_pem, new_key
+from services.domain.key_envelope import DataKey, MasterKey
+from services.gateway.service import Gateway
+from tests.integration.helpers import add_cert, count_events, fetch, update_cert
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def leaf(ca: DevCA):
+    return ca.leaf("www.example.com", "api.example.com")
+
+
+async def test_every_command_happy_path(cp: ControlPlane, ca: DevCA, leaf, db_url: str) -> None:
+    created = await cp.command(CreateApp(app="shop"))
+    assert isinstance(created, Accepted) and (created.stream, created.version, created.position) == ("app-shop", 1, 1)
+    added = await cp.command(AddDomain(app="shop", hostname="WWW.example.com"))
+    assert isinstance(added, Accepted) and added.position == 3  # DomainAdded + HostnameClaimed
+    verified = await cp.command(VerifyDns(app="shop", hostname="www.example.com", verified=True))
+    assert isinstance(verified, Accepted)
+
+    cert = await add_cert(cp, "shop", [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem)
+    assert isinstance(cert, Accepted), cert
+    [event] = cert.events
+    assert isinstance(event, CertAdded) and event.domains == ["www.example.com"]
+    assert event.certificate.trusted and event.chain_pem.startswith(leaf.cert_pem.decode())
+    view = await cp.query("shop", "app")
+    assert isinstance(view, AppView)
+    assert [(d.hostname, d.endpoint, d.dns_verified) for d in view.domains] == [("www.example.com", event.endpoint, True)]
+    assert view.endpoints[0].certificate.fingerprint_sha256 == event.certificate.fingerprint_sha256
+
+    newer = ca.leaf("www.example.com")
+    updated = await update_cert(cp, "shop", [newer.cert_pem, ca.intermediate.cert_pem], newer.key_pem)
+    assert isinstance(updated, Accepted), updated
+    view = await cp.query("shop", "app")
+    assert view.endpoints[0].certificate.chain_fingerprints[0] != event.certificate.fingerprint_sha256
+
+    legacy = await add_cert(cp, "shop", [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem,
+                            endpoint_type=EndpointType.ENDPOINT, bypass=True)
+    assert isinstance(legacy, Accepted)
+    legacy_name = legacy.events[-1].endpoint
+    assert isinstance(await cp.command(DestroyEndpoint(app="shop", name=legacy_name)), Accepted)
+    assert isinstance(await cp.command(RemoveCert(app="shop", name=event.endpoint)), Accepted)
+    assert isinstance(await cp.command(RemoveDomain(app="shop", hostname="www.example.com")), Accepted)
+    apps = await cp.query(None, "apps")
+    assert isinstance(apps, AppsView) and [a.name for a in apps.apps] == ["shop"]
+    assert isinstance(await cp.command(DestroyApp(app="shop")), Accepted)
+    apps = await cp.query(None, "apps")
+    assert apps.apps == []
+    # The hostname is free again, for another app.
+    await cp.command(CreateApp(app="other"))
+    assert isinstance(await cp.command(AddDomain(app="other", hostname="www.example.com")), Accepted)
+
+
+def _expired(ca: DevCA):
+    c = ca.leaf("www.example.com", not_before=NOW - dt.timedelta(days=9), not_after=NOW - dt.timedelta(days=1))
+    return [c.cert_pem, ca.intermediate.cert_pem], c.key_pem
+
+
+def _future(ca: DevCA):
+    c = ca.leaf("www.example.com", not_before=NOW + dt.timedelta(days=2))
+    return [c.cert_pem, ca.intermediate.cert_pem], c.key_pem
+
+
+def _weak(ca: DevCA):
+    c = ca.leaf("www.example.com", key_kind="rsa1024")
+    return [c.cert_pem, ca.intermediate.cert_pem], c.key_pem
+
+
+def _encrypted(ca: DevCA):
+    c = ca.leaf("www.example.com")
+    return [c.cert_pem], c.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+
+
+BUNDLE_REFUSALS = {
+    "key_mismatch": lambda ca: ([ca.leaf("www.example.com").cert_pem], key_pem(new_key())),
+    "cert_expired": _expired,
+    "cert_not_yet_valid": _future,
+    "key_too_weak": _weak,
+    "key_encrypted": _encrypted,
+    "unparsable": lambda ca: ([b"this is not a certificate"], key_pem(new_key())),
+    "bundle_too_large": lambda ca: ([b"-----BEGIN CERTIFICATE-----\n" + b"A" * 300_000], key_pem(new_key())),
+    "chain_broken": lambda ca: (
+        [(c := ca.leaf("www.example.com")).cert_pem, DevCA.create("stranger").intermediate.cert_pem],
+        c.key_pem,
+    ),
+}
+
+
+@pytest.mark.parametrize("code", list(BUNDLE_REFUSALS))
+async def test_bad_bundles_are_refused_and_append_nothing(cp, ca, db_url, code) -> None:
+    await cp.command(CreateApp(app="shop"))
+    before = await count_events(db_url)
+    certificates, key = BUNDLE_REFUSALS[code](ca)
+    reply = await add_cert(cp, "shop", certificates, key)
+    assert isinstance(reply, Rejected) and reply.code == code
+    assert len(reply.message) > 30 and "PRIVATE KEY" not in reply.message
+    assert await count_events(db_url) == before
+
+
+async def test_domain_rules_are_enforced_across_apps(cp, db_url) -> None:
+    await cp.command(CreateApp(app="alpha"))
+    await cp.command(CreateApp(app="beta"))
+    assert isinstance(await cp.command(AddDomain(app="alpha", hostname="shared.example.com")), Accepted)
+    before = await count_events(db_url)
+    taken = await cp.command(AddDomain(app="beta", hostname="Shared.Example.com."))
+    assert isinstance(taken, Rejected) and taken.code == "domain_taken"
+    missing = await cp.command(AddDomain(app="gamma", hostname="x.example.com"))
+    assert isinstance(missing, Rejected) and missing.code == "app_not_found" and "apps:create gamma" in missing.message
+    assert await count_events(db_url) == before
+
+
+async def test_concurrent_claims_of_one_hostname_have_one_winner(cp, db_url) -> None:
+    apps = [f"app-{i:02d}" for i in range(12)]
+    await asyncio.gather(*(cp.command(CreateApp(app=a)) for a in apps))
+    replies = await asyncio.gather(*(cp.command(AddDomain(app=a, hostname="hot.example.com")) for a in apps))
+    assert sum(isinstance(r, Accepted) for r in replies) == 1
+    assert {r.code for r in replies if isinstance(r, Rejected)} == {"domain_taken"}
+    rows = await fetch(db_url, "select count(*) from events where stream_id = 'hostname-hot.example.com'")
+    assert rows[0][0] == 1
+
+
+async def test_the_same_command_id_appends_once_and_answers_the_same(cp, settings, db_url) -> None:
+    command_id = str(uuid.uuid4())
+    first = await cp.command(CreateApp(app="shop"), command_id=command_id)
+    second = await cp.command(CreateApp(app="shop"), command_id=command_id)
+    assert isinstance(first, Accepted) and first == second
+    assert await count_events(db_url) == 1
+    # And after a restart, by another gateway process that has an empty cache.
+    async with Gateway(dataclasses.replace(settings)) as _:
+        third = await cp.command(CreateApp(app="shop"), command_id=command_id)
+    assert third == first
+    assert await count_events(db_url) == 1
+
+
+async def test_malformed_commands_are_refused_with_the_reason(settings, gateway, db_url) -> None:
+    nc = await nats.connect(settings.nats_url)
+    subject = f"{settings.prefix}.cmd.shop.CreateApp"
+    bad = [
+        (b'{"id":"x","actor":"a","command":{"type":"app.create","app":"shop","extra":1}}', "extra"),
+        (b'{"id":"x","actor":"a","command":{"type":"app.explode","app":"shop"}}', "app.explode"),
+        (b"not json", "could not be read"),
+        (b'{"id":"not-a-uuid","actor":"a","command":{"type":"app.create","app":"shop"}}', "not a UUID"),
+    ]
+    for payload, words in bad:
+        reply = COMMAND_REPLY_DECODER.decode((await nc.request(subject, payload, timeout=5)).data)
+        assert isinstance(reply, Rejected) and words in reply.message, reply
+    await nc.close()
+    assert await count_events(db_url) == 0
+
+
+async def test_a_key_sealed_to_another_gateway_is_refused(cp, ca) -> None:
+    await cp.command(CreateApp(app="shop"))
+    c = ca.leaf("www.example.com")
+    from events.endpoint import AddCert
+    from services.domain.key_envelope import public_bytes, seal_for_gateway
+
+    stranger = public_bytes(MasterKey.generate().transport_private_key().public_key())
+    reply = await cp.command(AddCert(app="shop", certificates=[c.cert_pem], key=seal_for_gateway(c.key_pem, stranger)))
+    assert isinstance(reply, Rejected) and reply.code == "sealed_key_invalid"
+
+
+async def test_removing_a_cert_shreds_its_key(cp, ca, settings, db_url) -> None:
+    await cp.command(CreateApp(app="shop"))
+    c = ca.leaf("www.example.com")
+    added = await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem, bypass=True)
+    assert isinstance(added, Accepted)
+    master = MasterKey.from_text(settings.master_key)
+
+    async def stored_key() -> EncryptedKey:
+        [row] = await fetch(db_url, "select type, schema_version, data::text from events where type = 'cert.added'")
+        return decode_event(row[0], row[1], row[2]).key
+
+    encrypted = await stored_key()
+    [wrapped] = await fetch(db_url, "select wrapped from data_keys where key_id = $1::uuid", encrypted.key_id)
+    assert DataKey.unwrap(encrypted.key_id, bytes(wrapped[0]), master).decrypt(encrypted) == c.key_pem
+    assert c.key_pem not in (await fetch(db_url, "select data::text from events"))[-1][0].encode()
+
+    assert isinstance(await cp.command(RemoveCert(app="shop")), Accepted)
+    remaining = await fetch(db_url, "select key_id::text, wrapped from data_keys")
+    assert all(k != encrypted.key_id for k, _ in remaining)
+    for key_id, wrapped in remaining:  # no key the system still has opens it
+        with pytest.raises(InvalidTag):
+            DataKey(encrypted.key_id, DataKey.unwrap(key_id, bytes(wrapped), master).secret).decrypt(encrypted)
+    assert (await stored_key()) == encrypted  # the ciphertext itself stays in the log
+
+
+async def test_group_commit_batches_concurrent_commands(cp, gateway) -> None:
+    apps = [f"app-{i:03d}" for i in range(200)]
+    replies = await asyncio.gather(*(cp.command(CreateApp(app=a)) for a in apps))
+    assert all(isinstance(r, Accepted) for r in replies)
+    assert sorted(r.position for r in replies) == list(range(1, 201))
+    assert gateway.committer.batches < gateway.committer.requests
+
+
+async def test_a_second_gateway_in_the_queue_group_shares_the_load(cp, settings, gateway) -> None:
+    async with Gateway(settings) as second:
+        await asyncio.gather(*(cp.command(CreateApp(app=f"app-{i:03d}")) for i in range(300)))
+        assert second.committer.requests > 0 and gateway.committer.requests > 0
+        assert second.committer.requests + gateway.committer.requests == 300
+
+
+async def test_stale_caches_in_two_gateways_resolve_by_version_check(cp, settings, gateway) -> None:
+    async with Gateway(settings) as _second:
+        await cp.command(CreateApp(app="shop"))
+        replies = await asyncio.gather(
+            *(cp.command(AddDomain(app="shop", hostname=f"h{i}.example.com")) for i in range(40))
+        )
+    assert all(isinstance(r, Accepted) for r in replies), [r for r in replies if isinstance(r, Rejected)]
+    view = await cp.query("shop", "app")
+    assert len(view.domains) == 40
