@@ -12,7 +12,9 @@ from typing import ClassVar
 import msgspec
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+class Command(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
     """An imperative request about one app. `app` names the app it concerns."""
 
     app: str

@@ -53,9 +53,11 @@ def decode_event(type_: str, schema_version: int, data: bytes | str) -> AnyEvent
     if current is None:
         raise ValueError(f"unknown event type {type_!r}")
     if schema_version == current:
-        return EVENT_DECODER.decode(data)
+        event: AnyEvent = EVENT_DECODER.decode(data)
+        return event
     obj: dict[str, Any] = msgspec.json.decode(data)
     for version in range(schema_version, current):
         obj = UPCASTERS[(type_, version)](obj)
     obj["type"] = type_
-    return msgspec.convert(obj, AnyEvent)  # type: ignore[arg-type]
+    upcast: AnyEvent = msgspec.convert(obj, AnyEvent)
+    return upcast

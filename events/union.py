@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from events.app import AppCreated, AppDestroyed, CreateApp, DestroyApp
+from events.base import Event
 from events.domain import (
     AddDomain,
     DnsVerified,
@@ -50,7 +51,7 @@ AnyCommand = (
     | DestroyEndpoint
 )
 
-EVENT_TYPES: tuple[type, ...] = (
+EVENT_TYPES: tuple[type[Event], ...] = (
     AppCreated,
     AppDestroyed,
     DomainAdded,

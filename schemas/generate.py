@@ -31,7 +31,11 @@ def render() -> dict[str, str]:
     files = {}
     for name, type_ in DOCUMENTS.items():
         schema = msgspec.json.schema(type_)
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema}
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": name,
+            **schema,
+        }
         files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files
 

@@ -53,8 +53,12 @@ class Issued:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certplane dev"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certplane dev"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
 def issue(
@@ -85,15 +89,18 @@ def issue(
     )
     if issuer:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
         )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
     else:
         builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     if sans:
         builder = builder.add_extension(
@@ -109,7 +116,9 @@ class DevCA:
 
     @classmethod
     def create(cls, name: str = "certplane dev") -> DevCA:
-        root = issue(f"{name} root CA", ca=True, not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=3650))
+        root = issue(
+            f"{name} root CA", ca=True, not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
+        )
         return cls(root, issue(f"{name} intermediate CA", issuer=root, ca=True))
 
     def leaf(self, *hostnames: str, **kwargs: object) -> Issued:

@@ -73,15 +73,27 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.data_dir / "nats-server.log", "ab"),  # noqa: SIM115 (owned by the child)
-        )
+        with open(self.data_dir / "nats-server.log", "ab") as log:  # the child keeps its own fd
+            self._proc = subprocess.Popen(
+                [
+                    nats_server_binary(),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.data_dir),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         while not tcp_reachable("127.0.0.1", self.port, 0.2):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embedded nats-server did not start; see {self.data_dir}/nats-server.log")
+                raise RuntimeError(
+                    f"embedded nats-server did not start; see {self.data_dir}/nats-server.log"
+                )
             time.sleep(0.05)
         return self.url
 
@@ -124,16 +136,26 @@ def servers_for(settings: Settings, state: Path, *, say: bool = True) -> Iterato
             database = urllib.parse.urlsplit(settings.database_url).path.lstrip("/") or "certplane"
             url = pg.start(database)
             if say:
-                print(f"PostgreSQL: none at {settings.database_url}; started an embedded one ({url})", flush=True)
+                print(
+                    f"PostgreSQL: none at {settings.database_url}; started an embedded one ({url})",
+                    flush=True,
+                )
             settings = dataclasses.replace(settings, database_url=url)
         if not nats_reachable(settings.nats_url):
             _, wanted = _host_port(settings.nats_url, 4222)
-            port = wanted if wanted >= 1024 and not tcp_reachable("127.0.0.1", wanted, 0.2) else free_port()
+            port = (
+                wanted
+                if wanted >= 1024 and not tcp_reachable("127.0.0.1", wanted, 0.2)
+                else free_port()
+            )
             nats_server = EmbeddedNats(state / "nats", port)
             started.append(nats_server)
             url = nats_server.start()
             if say:
-                print(f"NATS: none at {settings.nats_url}; started an embedded one ({url})", flush=True)
+                print(
+                    f"NATS: none at {settings.nats_url}; started an embedded one ({url})",
+                    flush=True,
+                )
             settings = dataclasses.replace(settings, nats_url=url)
         os.environ["CERTPLANE_DATABASE_URL"] = settings.database_url
         os.environ["CERTPLANE_NATS_URL"] = settings.nats_url

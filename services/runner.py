@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from services.telemetry import setup_tracing
+from services.telemetry import setup_tracing, shutdown_tracing
 
 
 def setup_logging() -> None:
@@ -30,4 +30,7 @@ def run_service(name: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> 
             loop.add_signal_handler(sig, stop.set)
         await body(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutdown_tracing()  # flush the spans still batched

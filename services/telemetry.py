@@ -1,7 +1,7 @@
 """OpenTelemetry at the service layer only (STYLE 13): one span per command, sampled.
 
 Tracing is off unless CERTPLANE_TRACE_EXPORT names an exporter (`console`); the sample
-ratio comes from CERTPLANE_TRACE_SAMPLE (default 0.01; a sampled parent always wins).
+ratio comes from CERTPLANE_TRACE_SAMPLE (default 0.01; a sampled caller always wins).
 Every event still records a W3C traceparent: the caller's, or a fresh unsampled one.
 """
 
@@ -30,7 +30,10 @@ def setup_tracing(service: str) -> None:
 
     ratio = float(os.environ.get("CERTPLANE_TRACE_SAMPLE", "0.01"))
     provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(ratio)),
+        # A caller that did not sample (the CLI never does) leaves the decision to our ratio.
+        sampler=ParentBased(
+            TraceIdRatioBased(ratio), remote_parent_not_sampled=TraceIdRatioBased(ratio)
+        ),
         resource=Resource.create({"service.name": f"certplane-{service}"}),
     )
     if exporter_name == "console":
@@ -55,3 +58,11 @@ def current_traceparent(fallback: str) -> str:
     if span.get_span_context().is_valid:
         PROPAGATOR.inject(carrier)
     return carrier.get("traceparent", fallback)
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the SDK provider, if one was installed."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if shutdown is not None:
+        shutdown()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import socket
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -29,30 +31,70 @@ def default_actor() -> str:
 class ControlPlane:
     """`async with ControlPlane(url, prefix) as cp: await cp.command(...)`."""
 
-    def __init__(self, url: str, prefix: str = "certplane", *, actor: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "certplane",
+        *,
+        actor: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        retries: int = RETRIES,
+    ) -> None:
         self.url = url
+        self.timeout, self.retries = timeout, retries
         self.subjects = Subjects(prefix)
         self.actor = actor or default_actor()
         self._nc: Any = None
 
     async def __aenter__(self) -> ControlPlane:
+        async def quiet(_: Exception) -> None:
+            return None
+
+        await self._probe()
         try:
-            self._nc = await nats.connect(
-                self.url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+            # nats-py keeps retrying a refused first connection whatever the options: bound it.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.url,
+                    connect_timeout=2,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    error_cb=quiet,
+                ),
+                timeout=5,
             )
         except Exception as e:
-            raise Unavailable(f"cannot reach NATS at {self.url}: {e}", url=self.url) from e
+            raise Unavailable(
+                f"cannot reach NATS at {self.url}: {e or type(e).__name__}", url=self.url
+            ) from e
         return self
+
+    async def _probe(self) -> None:
+        """Fail fast, with the reason, when nothing listens at the URL."""
+        parts = urllib.parse.urlsplit(self.url if "://" in self.url else f"nats://{self.url}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222),
+                timeout=3,
+            )
+        except (OSError, TimeoutError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise Unavailable(f"cannot reach NATS at {self.url}: {reason}", url=self.url) from e
+        writer.close()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._nc is not None:
             await self._nc.close()
 
-    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> bytes:
+    async def _request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> bytes:
         last: Exception | None = None
-        for _ in range(RETRIES):
+        for _ in range(self.retries):
             try:
-                msg = await self._nc.request(subject, payload, timeout=REQUEST_TIMEOUT, headers=headers)
+                msg = await self._nc.request(
+                    subject, payload, timeout=self.timeout, headers=headers
+                )
                 return bytes(msg.data)
             except nats.errors.NoRespondersError as e:
                 raise Unavailable(
@@ -62,11 +104,17 @@ class ControlPlane:
                 ) from e
             except (nats.errors.TimeoutError, TimeoutError) as e:
                 last = e
-        raise Unavailable(f"the gateway at {self.url} did not answer in time", url=self.url) from last
+        raise Unavailable(
+            f"the gateway at {self.url} did not answer in time", url=self.url
+        ) from last
 
-    async def command(self, command: Command, *, command_id: str | None = None) -> Accepted | Rejected:
+    async def command(
+        self, command: Command, *, command_id: str | None = None
+    ) -> Accepted | Rejected:
         envelope = CommandEnvelope(
-            id=command_id or str(uuid.uuid4()), actor=self.actor, command=command  # type: ignore[arg-type]
+            id=command_id or str(uuid.uuid4()),
+            actor=self.actor,
+            command=command,  # type: ignore[arg-type]
         )
         subject = self.subjects.command(command.app, type(command).__name__)
         raw = await self._request(subject, encode(envelope), {"traceparent": new_traceparent()})

@@ -25,8 +25,15 @@ from services.storage.database import ensure_database, redact
 def _demo_files(state: Path) -> dict[str, Path]:
     directory = state / "demo"
     if (directory / "server.crt").exists():
-        return {k: directory / n for k, n in
-                {"crt": "server.crt", "chain": "chain.crt", "key": "server.key", "ca": "ca.crt"}.items()}
+        return {
+            k: directory / n
+            for k, n in {
+                "crt": "server.crt",
+                "chain": "chain.crt",
+                "key": "server.key",
+                "ca": "ca.crt",
+            }.items()
+        }
     ca = DevCA.create("certplane demo")
     return ca.write(directory, ca.leaf("www.demo.test", "*.demo.test"))
 

@@ -53,7 +53,9 @@ def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        _fail(EXIT_REJECTED, f"Cannot read {path}: {e.strerror}. Check the path and its permissions.")
+        _fail(
+            EXIT_REJECTED, f"Cannot read {path}: {e.strerror}. Check the path and its permissions."
+        )
 
 
 def _confirm(args: argparse.Namespace, app: str, what: str) -> None:
@@ -157,9 +159,7 @@ async def domains_list(args: argparse.Namespace) -> None:
         output.print_json(view.domains)
         return
     print(f"=== {app} Custom Domains")
-    rows = [
-        [d.hostname, "CNAME", d.dns_target or "", d.endpoint or ""] for d in view.domains
-    ]
+    rows = [[d.hostname, "CNAME", d.dns_target or "", d.endpoint or ""] for d in view.domains]
     print(output.table(["Domain Name", "DNS Record Type", "DNS Target", "SNI Endpoint"], rows))
 
 
@@ -254,14 +254,23 @@ def _pick_endpoint(view: AppView, name: str | None) -> Any:
     if name is not None:
         match = [e for e in view.endpoints if e.name == name]
         if not match:
-            _fail(EXIT_REJECTED, f"{view.app} has no certificate named {name}: see `certplane certs -a {view.app}`.")
+            _fail(
+                EXIT_REJECTED,
+                f"{view.app} has no certificate named {name}: see `certplane certs -a {view.app}`.",
+            )
         return match[0]
     if len(view.endpoints) == 1:
         return view.endpoints[0]
     if not view.endpoints:
-        _fail(EXIT_REJECTED, f"{view.app} has no SSL certificates: add one with `certplane certs:add CRT KEY`.")
+        _fail(
+            EXIT_REJECTED,
+            f"{view.app} has no SSL certificates: add one with `certplane certs:add CRT KEY`.",
+        )
     names = ", ".join(e.name for e in view.endpoints)
-    _fail(EXIT_REJECTED, f"{view.app} has {len(view.endpoints)} certificates: say which with --name ({names}).")
+    _fail(
+        EXIT_REJECTED,
+        f"{view.app} has {len(view.endpoints)} certificates: say which with --name ({names}).",
+    )
 
 
 async def certs_info(args: argparse.Namespace) -> None:
@@ -291,7 +300,9 @@ async def certs_update(args: argparse.Namespace) -> None:
             name=args.name,
             bypass=args.bypass,
         )
-        _progress(f"Updating SSL certificate {args.name or ''} for ⬢ {app}".replace("  ", " "), args)
+        _progress(
+            f"Updating SSL certificate {args.name or ''} for ⬢ {app}".replace("  ", " "), args
+        )
         reply = _check(await cp.command(command))
         _done(args)
     _print_cert_result(reply, args)
@@ -301,7 +312,9 @@ async def certs_remove(args: argparse.Namespace) -> None:
     app = _app(args)
     _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
     async with _control_plane() as cp:
-        _progress(f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " "), args)
+        _progress(
+            f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " "), args
+        )
         reply = _check(await cp.command(RemoveCert(app=app, name=args.name)))
         _done(args)
         if args.json:
@@ -343,8 +356,8 @@ def migrate_cmd(args: argparse.Namespace) -> None:
 
 
 def gateway_cmd(args: argparse.Namespace) -> None:
-    from services.runner import run_service
     from services.gateway.service import run_gateway
+    from services.runner import run_service
 
     run_service("gateway", lambda stop: run_gateway(_settings(), stop))
 
@@ -394,10 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hostname")
 
     p = _add(sub, "certs:add", certs_add, "add an SSL certificate to an app")
-    p.add_argument("files", nargs="+", metavar="FILE", help="[INTERMEDIARY...] CRT KEY (or one .pem with both)")
-    p.add_argument("--type", choices=["sni", "endpoint"], default="sni", help="endpoint type (default sni)")
-    p.add_argument("--domains", action="append", help="domains (comma-separated) the certificate serves")
-    p.add_argument("--bypass", action="store_true", help="skip the check of the certificate's domains")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="[INTERMEDIARY...] CRT KEY (or one .pem with both)"
+    )
+    p.add_argument(
+        "--type", choices=["sni", "endpoint"], default="sni", help="endpoint type (default sni)"
+    )
+    p.add_argument(
+        "--domains", action="append", help="domains (comma-separated) the certificate serves"
+    )
+    p.add_argument(
+        "--bypass", action="store_true", help="skip the check of the certificate's domains"
+    )
     _add(sub, "certs", certs_list, "list an app's SSL certificates")
     p = _add(sub, "certs:info", certs_info, "show an SSL certificate's details")
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
@@ -405,19 +426,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="[INTERMEDIARY...] CRT KEY")
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
     p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
-    p.add_argument("--bypass", action="store_true", help="skip the check of the certificate's domains")
+    p.add_argument(
+        "--bypass", action="store_true", help="skip the check of the certificate's domains"
+    )
     p = _add(sub, "certs:remove", certs_remove, "remove an SSL certificate from an app")
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
     p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
-    p = _add(sub, "certs:chain", certs_chain, "print certificates in chain order (local)", app=False, json=False)
+    p = _add(
+        sub,
+        "certs:chain",
+        certs_chain,
+        "print certificates in chain order (local)",
+        app=False,
+        json=False,
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p = _add(sub, "certs:key", certs_key, "say which key file matches a certificate (local)", app=False, json=False)
+    p = _add(
+        sub,
+        "certs:key",
+        certs_key,
+        "say which key file matches a certificate (local)",
+        app=False,
+        json=False,
+    )
     p.add_argument("crt", metavar="CRT")
     p.add_argument("keys", nargs="+", metavar="KEY")
 
-    _add(sub, "migrate", migrate_cmd, "create the database if needed and apply migrations", app=False, json=False)
-    _add(sub, "gateway", gateway_cmd, "run a gateway (decides commands from NATS)", app=False, json=False)
-    p = _add(sub, "dev", dev_cmd, "run the whole control plane locally, for a demo", app=False, json=False)
+    _add(
+        sub,
+        "migrate",
+        migrate_cmd,
+        "create the database if needed and apply migrations",
+        app=False,
+        json=False,
+    )
+    _add(
+        sub,
+        "gateway",
+        gateway_cmd,
+        "run a gateway (decides commands from NATS)",
+        app=False,
+        json=False,
+    )
+    p = _add(
+        sub,
+        "dev",
+        dev_cmd,
+        "run the whole control plane locally, for a demo",
+        app=False,
+        json=False,
+    )
     p.add_argument("--demo", action="store_true", help="run a scripted demo against it, then exit")
     return parser
 
@@ -433,7 +491,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_usage(sys.stderr)
         _fail(EXIT_USAGE, str(e))
     except Unavailable as e:
-        _fail(EXIT_UNREACHABLE, f"{e} (is the control plane running? URL tried: {e.url or 'unknown'})")
+        _fail(
+            EXIT_UNREACHABLE, f"{e} (is the control plane running? URL tried: {e.url or 'unknown'})"
+        )
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     raise SystemExit(EXIT_OK)

@@ -110,12 +110,14 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
                 return state
             domain = replace(state.domains[host], dns_verified=verified)
             return replace(state, domains={**state.domains, host: domain})
-        case CertAdded(endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts):
-            endpoint = EndpointState(name, kind, facts, key.key_id)
+        case CertAdded(
+            endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts
+        ):
+            added = EndpointState(name, kind, facts, key.key_id)
             domains = {
                 h: replace(d, endpoint=name) if h in hosts else d for h, d in state.domains.items()
             }
-            return replace(state, endpoints={**state.endpoints, name: endpoint}, domains=domains)
+            return replace(state, endpoints={**state.endpoints, name: added}, domains=domains)
         case CertUpdated(endpoint=name, certificate=facts, key=key):
             if name not in state.endpoints:
                 return state
@@ -198,7 +200,8 @@ def decide(
                 (app_stream(app), AppDestroyed(app=app, shredded_key_ids=shredded))
             ]
             events += [
-                (hostname_stream(h), HostnameReleased(app=app, hostname=h)) for h in sorted(state.domains)
+                (hostname_stream(h), HostnameReleased(app=app, hostname=h))
+                for h in sorted(state.domains)
             ]
             return Decision(events)
         case AddDomain(hostname=raw):
@@ -222,7 +225,12 @@ def decide(
         case VerifyDns(hostname=raw, verified=verified, detail=detail):
             host = _existing_domain(state, raw)
             return Decision(
-                [(app_stream(app), DnsVerified(app=app, hostname=host, verified=verified, detail=detail))]
+                [
+                    (
+                        app_stream(app),
+                        DnsVerified(app=app, hostname=host, verified=verified, detail=detail),
+                    )
+                ]
             )
         case AddCert():
             assert cert is not None, "the gateway prepares the bundle before deciding"
@@ -231,7 +239,9 @@ def decide(
             assert cert is not None, "the gateway prepares the bundle before deciding"
             endpoint = _endpoint(state, name)
             warnings = []
-            uncovered = [h for h in state.served_by(endpoint.name) if not covered_by(cert.facts.sans, h)]
+            uncovered = [
+                h for h in state.served_by(endpoint.name) if not covered_by(cert.facts.sans, h)
+            ]
             if uncovered and not bypass:
                 warnings.append(
                     f"The new certificate does not cover {', '.join(uncovered)}, which "
@@ -250,13 +260,24 @@ def decide(
         case RemoveCert(name=name):
             endpoint = _endpoint(state, name)
             return Decision(
-                [(app_stream(app), CertRemoved(app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]))]
+                [
+                    (
+                        app_stream(app),
+                        CertRemoved(
+                            app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]
+                        ),
+                    )
+                ]
             )
         case DestroyEndpoint(name=name):
             endpoint = _endpoint(state, name)
-            destroyed = EndpointDestroyed(app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id])
+            destroyed = EndpointDestroyed(
+                app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]
+            )
             return Decision([(app_stream(app), destroyed)])
-    raise Rejected("unknown_command", f"certplane does not know the command {type(command).__name__}.")
+    raise Rejected(
+        "unknown_command", f"certplane does not know the command {type(command).__name__}."
+    )
 
 
 def _require_app(state: AppState) -> None:
@@ -300,7 +321,9 @@ def _existing_domain(state: AppState, raw: str) -> str:
 
 def _covering_sni_endpoint(state: AppState, host: str) -> str | None:
     for endpoint in reversed(list(state.endpoints.values())):  # newest certificate wins
-        if endpoint.endpoint_type is EndpointType.SNI and covered_by(endpoint.certificate.sans, host):
+        if endpoint.endpoint_type is EndpointType.SNI and covered_by(
+            endpoint.certificate.sans, host
+        ):
             return endpoint.name
     return None
 

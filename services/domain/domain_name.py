@@ -19,7 +19,9 @@ def normalize_hostname(raw: str) -> str:
     """Return the canonical ASCII hostname or raise `Rejected("invalid_hostname")`."""
     text = raw.strip().rstrip(".").lower()
     if not text:
-        raise Rejected("invalid_hostname", "The hostname is empty: pass a name like www.example.com.")
+        raise Rejected(
+            "invalid_hostname", "The hostname is empty: pass a name like www.example.com."
+        )
     wildcard = text.startswith("*.")
     body = text[2:] if wildcard else text
     try:

@@ -85,7 +85,9 @@ def seal_for_gateway(private_key: bytes, gateway_public: bytes) -> SealedKey:
     eph_pub = public_bytes(ephemeral.public_key())
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(gateway_public))
     nonce = os.urandom(12)
-    ciphertext = AESGCM(_seal_key(shared, eph_pub, gateway_public)).encrypt(nonce, private_key, _SEAL_INFO)
+    ciphertext = AESGCM(_seal_key(shared, eph_pub, gateway_public)).encrypt(
+        nonce, private_key, _SEAL_INFO
+    )
     return SealedKey(
         gateway_key_id=gateway_key_id(gateway_public),
         ephemeral_public=eph_pub,
@@ -104,7 +106,9 @@ def unseal(sealed: SealedKey, gateway_private: X25519PrivateKey) -> bytes:
             "run the command again so the client fetches the current key.",
         )
     try:
-        shared = gateway_private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
+        shared = gateway_private.exchange(
+            X25519PublicKey.from_public_bytes(sealed.ephemeral_public)
+        )
         key = _seal_key(shared, sealed.ephemeral_public, recipient)
         return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, _SEAL_INFO)
     except (ValueError, InvalidTag) as e:
@@ -143,4 +147,6 @@ class DataKey:
 
     def decrypt(self, encrypted: EncryptedKey) -> bytes:
         """Raises `cryptography.exceptions.InvalidTag` with any other key."""
-        return AESGCM(self.secret).decrypt(encrypted.nonce, encrypted.ciphertext, encrypted.key_id.encode())
+        return AESGCM(self.secret).decrypt(
+            encrypted.nonce, encrypted.ciphertext, encrypted.key_id.encode()
+        )

@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.verification import DNSName, PolicyBuilder, Store, VerificationError
+from cryptography.x509 import DNSName
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from events.endpoint import CertificateFacts
 from services.domain.errors import ChainIncomplete, KeyMismatch, Rejected
@@ -31,9 +32,7 @@ MAX_BUNDLE_BYTES = 256 * 1024
 MIN_RSA_BITS = 2048
 ALLOWED_CURVES = {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\s*\n(.*?)\n\s*-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*\n(.*?)\n\s*-----END \1-----", re.DOTALL)
 _KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
 _ENCRYPTED_KEY_LABELS = {b"ENCRYPTED PRIVATE KEY"}
 _CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
@@ -69,7 +68,10 @@ class TrustStore:
         """Load PEM bundles; the system store comes from OpenSSL's default CA file."""
         files = [Path(p) for p in paths if p]
         if include_system:
-            files.insert(0, Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"))
+            files.insert(
+                0,
+                Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"),
+            )
         roots: list[x509.Certificate] = []
         for path in files:
             if path.is_file():
@@ -78,7 +80,9 @@ class TrustStore:
                     roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
         return cls(roots)
 
-    def reaches_root(self, chain: list[x509.Certificate], name: str | None, now: dt.datetime) -> bool:
+    def reaches_root(
+        self, chain: list[x509.Certificate], name: str | None, now: dt.datetime
+    ) -> bool:
         """Full RFC 5280 path validation for `name` (or the chain's first SAN) at `now`."""
         if self._store is None or name is None:
             return False
@@ -205,7 +209,11 @@ def load_private_key(data: bytes) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivate
                 f"EC keys on curve {key.curve.name} are not supported: use P-256 or P-384.",
             )
         return key
-    kind = "Ed25519/Ed448" if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else type(key).__name__
+    kind = (
+        "Ed25519/Ed448"
+        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+        else type(key).__name__
+    )
     raise Rejected(
         "key_unsupported",
         f"{kind} keys are not supported by browsers for TLS server certificates: use RSA "

@@ -21,7 +21,9 @@ class GroupCommitter:
     def __init__(self, event_log: EventLog, *, max_batch: int = 256) -> None:
         self._log = event_log
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = (
+            asyncio.Queue()
+        )
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.requests = 0

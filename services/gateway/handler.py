@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,7 +21,15 @@ from typing import Any
 from events.base import Metadata
 from events.codec import CommandEnvelope
 from events.endpoint import AddCert, CertAdded, CertUpdated, UpdateCert
-from events.replies import Accepted, AppsView, AppSummary, AppView, DomainView, EndpointView, Rejected
+from events.replies import (
+    Accepted,
+    AppSummary,
+    AppsView,
+    AppView,
+    DomainView,
+    EndpointView,
+    Rejected,
+)
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, HostnameState
 from services.domain.errors import Rejected as RejectedError
@@ -37,7 +47,10 @@ from services.storage.event_log import (
 
 log = logging.getLogger("certplane.gateway")
 
-MAX_ATTEMPTS = 8
+# Re-decide after a version conflict (another gateway wrote the stream). The pause lets a
+# gateway that keeps winning the race drain its burst; jitter breaks lock-step retries.
+CONFLICT_BACKOFF_S = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+MAX_ATTEMPTS = len(CONFLICT_BACKOFF_S) + 1
 Clock = Callable[[], dt.datetime]
 
 
@@ -176,7 +189,9 @@ class CommandHandler:
         self._cache.put(stream, version, state)
         return version, state
 
-    async def _decide_and_append(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
+    async def _decide_and_append(
+        self, envelope: CommandEnvelope, traceparent: str
+    ) -> Accepted | Rejected:
         command = envelope.command
         now = self._clock()
         new_keys: list[NewDataKey] = []
@@ -185,6 +200,7 @@ class CommandHandler:
             prepared = self._custody.prepare(command.certificates, command.key, now)
             cert, new_keys = prepared.cert, [prepared.new_key]
         app_id = app_stream(command.app)
+        started = time.monotonic()
         for _attempt in range(MAX_ATTEMPTS):
             app_version, app_state = await self._load(app_id)
             versions = {app_id: app_version}
@@ -212,14 +228,18 @@ class CommandHandler:
                 command_id=envelope.id,
                 expected=versions,
                 events=[NewEvent(s, e, metadata, str(uuid.uuid4())) for s, e in decision.events],
-                new_keys=new_keys if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events) else [],
+                new_keys=new_keys
+                if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events)
+                else [],
                 shred=shred,
             )
             result = await self._committer.append(request)
             if result.status is AppendStatus.OK:
                 self._advance_cache(versions, decision.events, result.versions)
                 app_positions = [
-                    v for (s, _), v in zip(decision.events, result.versions, strict=True) if s == app_id
+                    v
+                    for (s, _), v in zip(decision.events, result.versions, strict=True)
+                    if s == app_id
                 ]
                 return Accepted(
                     stream=app_id,
@@ -231,6 +251,16 @@ class CommandHandler:
             if result.status is AppendStatus.DUPLICATE:
                 return accepted_from_stored(await self._log.read_command(envelope.id))
             self.conflicts += 1
+            if _attempt < len(CONFLICT_BACKOFF_S):
+                pause = CONFLICT_BACKOFF_S[_attempt] * (0.5 + random.random())
+                log.debug(
+                    "conflict on %s (attempt %d, %.0f ms elapsed): retrying in %.1f ms",
+                    result.stream,
+                    _attempt + 1,
+                    (time.monotonic() - started) * 1000,
+                    pause * 1000,
+                )
+                await asyncio.sleep(pause)
             await self._load(result.stream, refresh=True)
         raise RejectedError(
             "busy",
@@ -238,10 +268,15 @@ class CommandHandler:
             "being decided: send the same command again (with the same id).",
         )
 
-    def _advance_cache(self, expected: dict[str, int], events: list[tuple[str, Any]], versions: list[int]) -> None:
+    def _advance_cache(
+        self, expected: dict[str, int], events: list[tuple[str, Any]], versions: list[int]
+    ) -> None:
         states: dict[str, tuple[int, Any]] = {}
         for (stream, event), version in zip(events, versions, strict=True):
-            _, state = states.get(stream) or (0, (self._cache.get(stream) or (0, _initial(stream)))[1])
+            _, state = states.get(stream) or (
+                0,
+                (self._cache.get(stream) or (0, _initial(stream)))[1],
+            )
             states[stream] = (version, _evolve(stream, state, event))
         for stream, (version, state) in states.items():
             self._cache.advance(stream, expected[stream], version, state)
@@ -292,6 +327,8 @@ class CommandHandler:
             _, state = await self._load(stream, refresh=True)
             if state.exists:
                 apps.append(
-                    AppSummary(name=state.name, domains=len(state.domains), endpoints=len(state.endpoints))
+                    AppSummary(
+                        name=state.name, domains=len(state.domains), endpoints=len(state.endpoints)
+                    )
                 )
         return AppsView(apps=apps)

@@ -54,7 +54,9 @@ class KeyCustody:
         self.key_id = gateway_key_id(self.public_key)
         self.trust = trust
 
-    def prepare(self, certificates: list[bytes], sealed: SealedKey, now: dt.datetime) -> PreparedUpload:
+    def prepare(
+        self, certificates: list[bytes], sealed: SealedKey, now: dt.datetime
+    ) -> PreparedUpload:
         """Unseal, validate and re-encrypt; raises `Rejected` on a bad bundle."""
         key_bytes = unseal(sealed, self._transport)
         bundle = inspect_bundle(certificates, key_bytes, now=now, trust=self.trust)

@@ -11,7 +11,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from events.codec import COMMAND_DECODER, CommandEnvelope, encode
+from events.codec import COMMAND_DECODER, encode
 from events.replies import GatewayKey, Rejected
 from events.union import tag_of
 from services.config import Settings
@@ -58,15 +58,21 @@ class Gateway:
         s = self.settings
         master = load_master_key(s)
         extra = [s.extra_ca_file] if s.extra_ca_file else []
-        self.custody = KeyCustody(master, TrustStore.from_files(*extra, include_system=s.trust_system_store))
+        self.custody = KeyCustody(
+            master, TrustStore.from_files(*extra, include_system=s.trust_system_store)
+        )
         self.pool = await service_pool(s.database_url, s.service_role, min_size=2, max_size=6)
         self._stack.push_async_callback(self.pool.close)
         self.event_log = PostgresEventLog(self.pool, url=s.database_url)
         self.committer = await self._stack.enter_async_context(GroupCommitter(self.event_log))
         self.handler = CommandHandler(self.event_log, self.committer, self.custody)
         self.nc = await connect_nats(s.nats_url, "certplane-gateway")
-        await self.nc.subscribe(self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command)
-        await self.nc.subscribe(self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query)
+        await self.nc.subscribe(
+            self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command
+        )
+        await self.nc.subscribe(
+            self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query
+        )
         await self.nc.flush()
         log.info("gateway ready on %s (prefix %s)", s.nats_url, s.prefix)
         return self
@@ -101,19 +107,25 @@ class Gateway:
         try:
             envelope = COMMAND_DECODER.decode(msg.data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
-            await self._respond(msg, Rejected(
-                code="bad_command",
-                message=f"The command could not be read: {e}. Check the field names and types "
-                "against schemas/json/CommandEnvelope.json.",
-            ))
+            await self._respond(
+                msg,
+                Rejected(
+                    code="bad_command",
+                    message=f"The command could not be read: {e}. Check the field names and types "
+                    "against schemas/json/CommandEnvelope.json.",
+                ),
+            )
             return
         subject_app = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
         if subject_app != envelope.command.app:
-            await self._respond(msg, Rejected(
-                code="bad_command",
-                message=f"The subject names app {subject_app!r} but the command is for "
-                f"{envelope.command.app!r}: publish to {self.subjects.command(envelope.command.app, '<Command>')}.",
-            ))
+            await self._respond(
+                msg,
+                Rejected(
+                    code="bad_command",
+                    message=f"The subject names app {subject_app!r} but the command is for "
+                    f"{envelope.command.app!r}: publish to {self.subjects.command(envelope.command.app, '<Command>')}.",
+                ),
+            )
             return
         tag = tag_of(type(envelope.command))
         incoming = headers.get("traceparent", "")
@@ -134,10 +146,26 @@ class Gateway:
                     message="The gateway failed while handling this command; nothing was appended "
                     "unless a retry with the same command id says otherwise. Try again.",
                 )
+        if isinstance(reply, Rejected):
+            log.info(
+                "command %s %s for %s rejected: %s",
+                envelope.id,
+                tag,
+                envelope.command.app,
+                reply.code,
+            )
+        else:
+            log.debug(
+                "command %s %s for %s accepted at position %d",
+                envelope.id,
+                tag,
+                envelope.command.app,
+                reply.position,
+            )
         await self._respond(msg, reply)
 
     async def _on_query(self, msg: Msg) -> None:
-        parts = msg.subject[len(self.settings.prefix) + 1:].split(".")
+        parts = msg.subject[len(self.settings.prefix) + 1 :].split(".")
         app, view = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
         try:
             if app == NON_APP and view == "apps":
@@ -147,10 +175,14 @@ class Gateway:
             elif view == "app":
                 reply = await self.handler.app_view(app)
             else:
-                reply = Rejected(code="unknown_query", message=f"There is no query {msg.subject!r}.")
+                reply = Rejected(
+                    code="unknown_query", message=f"There is no query {msg.subject!r}."
+                )
         except Exception:
             log.exception("query %s failed", msg.subject)
-            reply = Rejected(code="internal_error", message="The gateway failed to answer; try again.")
+            reply = Rejected(
+                code="internal_error", message="The gateway failed to answer; try again."
+            )
         await self._respond(msg, reply)
 
     async def _respond(self, msg: Msg, reply: object) -> None:

@@ -24,7 +24,9 @@ async def connect(url: str, **kwargs: object) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(url, timeout=10, **kwargs)  # type: ignore[arg-type]
     except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
-        raise Unavailable(f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)) from e
+        raise Unavailable(
+            f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)
+        ) from e
 
 
 def redact(url: str) -> str:
@@ -56,7 +58,9 @@ async def ensure_database(url: str) -> list[str]:
         await conn.close()
 
 
-async def service_pool(url: str, role: str, *, min_size: int = 2, max_size: int = 8) -> asyncpg.Pool:
+async def service_pool(
+    url: str, role: str, *, min_size: int = 2, max_size: int = 8
+) -> asyncpg.Pool:
     """A pool whose sessions run as `role` (startup parameter, so pool resets keep it)."""
     settings = {"role": role} if role else {}
     try:
@@ -64,6 +68,8 @@ async def service_pool(url: str, role: str, *, min_size: int = 2, max_size: int 
             url, min_size=min_size, max_size=max_size, server_settings=settings, timeout=10
         )
     except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
-        raise Unavailable(f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)) from e
+        raise Unavailable(
+            f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)
+        ) from e
     assert pool is not None
     return pool

@@ -156,8 +156,11 @@ class PostgresEventLog:
         payload = _batch_json(requests)
         try:
             raw = await self._pool.fetchval("select certplane_append($1::jsonb)::text", payload)
-        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError) as e:
+        except (
+            OSError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            asyncpg.exceptions.CannotConnectNowError,
+        ) as e:
             raise Unavailable("the event log cannot be reached", url=self._url) from e
         return _RESULTS.decode(raw)
 

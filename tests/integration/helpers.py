@@ -32,9 +32,13 @@ async def add_cert(
     return await cp.command(command, command_id=command_id)
 
 
-async def update_cert(cp: ControlPlane, app: str, certificates: list[bytes], key: bytes, name: str | None = None):
+async def update_cert(
+    cp: ControlPlane, app: str, certificates: list[bytes], key: bytes, name: str | None = None
+):
     gateway = await cp.gateway_key()
-    command = UpdateCert(app=app, certificates=certificates, key=seal_for_gateway(key, gateway.public_key), name=name)
+    command = UpdateCert(
+        app=app, certificates=certificates, key=seal_for_gateway(key, gateway.public_key), name=name
+    )
     return await cp.command(command)
 
 

@@ -24,7 +24,9 @@ def request(stream: str, expected: int, n: int = 1, command_id: str | None = Non
     cid = command_id or str(uuid.uuid4())
     meta = Metadata(command_id=cid, actor="test", correlation_id=cid, causation_id=cid)
     events = [
-        NewEvent(stream, DomainAdded(app="demo", hostname=f"h{i}.example.com"), meta, str(uuid.uuid4()))
+        NewEvent(
+            stream, DomainAdded(app="demo", hostname=f"h{i}.example.com"), meta, str(uuid.uuid4())
+        )
         for i in range(n)
     ]
     return AppendRequest(command_id=cid, expected={stream: expected}, events=events)
@@ -49,7 +51,9 @@ async def test_appends_assign_dense_positions_and_stream_versions(log) -> None:
 
 async def test_a_conflict_fails_only_its_own_command_in_a_batch(log) -> None:
     await log.append_batch([request("app-one", 0)])
-    results = await log.append_batch([request("app-a", 0), request("app-one", 0), request("app-b", 0)])
+    results = await log.append_batch(
+        [request("app-a", 0), request("app-one", 0), request("app-b", 0)]
+    )
     assert [r.status for r in results] == [AppendStatus.OK, AppendStatus.CONFLICT, AppendStatus.OK]
     assert (results[1].stream, results[1].expected, results[1].actual) == ("app-one", 0, 1)
     assert results[0].positions == [2] and results[2].positions == [3]  # no hole left by the loser
@@ -63,7 +67,9 @@ async def test_a_command_id_appends_once(log) -> None:
     assert len(await log.read_all()) == 1
 
 
-async def test_sixteen_concurrent_writers_get_one_winner_per_version_and_no_gaps(log, db_url) -> None:
+async def test_sixteen_concurrent_writers_get_one_winner_per_version_and_no_gaps(
+    log, db_url
+) -> None:
     winners: dict[int, int] = {}
 
     async def writer(i: int) -> None:
@@ -126,9 +132,25 @@ async def test_the_hash_chain_is_recomputable_outside_the_database(log, db_url) 
     prev = GENESIS
     for r in rows:
         assert bytes(r["prev_hash"]) == prev
-        computed = event_hash(prev, *[r[k] for k in (
-            "position", "stream_id", "stream_version", "event_id", "command_id", "command_index",
-            "type", "schema_version", "recorded_at", "data", "metadata")])
+        computed = event_hash(
+            prev,
+            *[
+                r[k]
+                for k in (
+                    "position",
+                    "stream_id",
+                    "stream_version",
+                    "event_id",
+                    "command_id",
+                    "command_index",
+                    "type",
+                    "schema_version",
+                    "recorded_at",
+                    "data",
+                    "metadata",
+                )
+            ],
+        )
         assert computed == bytes(r["hash"])
         prev = computed
     assert (head["position"], bytes(head["hash"])) == (len(rows), prev)

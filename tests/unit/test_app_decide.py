@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.app import AppCreated, CreateApp, DestroyApp
-from events.domain import AddDomain, DomainAdded, HostnameClaimed, HostnameReleased, RemoveDomain, VerifyDns
+from events.domain import (
+    AddDomain,
+    DomainAdded,
+    HostnameClaimed,
+    HostnameReleased,
+    RemoveDomain,
+    VerifyDns,
+)
 from events.endpoint import (
     AddCert,
     CertAdded,
@@ -25,7 +32,14 @@ from events.endpoint import (
     SealedKey,
     UpdateCert,
 )
-from services.domain.app import AppState, HostnameState, PreparedCert, decide, evolve, related_hostnames
+from services.domain.app import (
+    AppState,
+    HostnameState,
+    PreparedCert,
+    decide,
+    evolve,
+    related_hostnames,
+)
 from services.domain.errors import Rejected
 
 NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
@@ -34,11 +48,22 @@ SEALED = SealedKey(gateway_key_id="k", ephemeral_public=b"", nonce=b"", cipherte
 
 def cert(*sans: str, key_id: str = "key-1") -> PreparedCert:
     facts = CertificateFacts(
-        subject="/CN=" + sans[0], issuer="/CN=ca", common_name=sans[0], sans=list(sans),
-        not_before=NOW, not_after=NOW + dt.timedelta(days=90), fingerprint_sha256="f" * 64,
-        serial="1", key_type="EC secp256r1", key_bits=256, trusted=True, self_signed=False,
+        subject="/CN=" + sans[0],
+        issuer="/CN=ca",
+        common_name=sans[0],
+        sans=list(sans),
+        not_before=NOW,
+        not_after=NOW + dt.timedelta(days=90),
+        fingerprint_sha256="f" * 64,
+        serial="1",
+        key_type="EC secp256r1",
+        key_bits=256,
+        trusted=True,
+        self_signed=False,
     )
-    return PreparedCert(facts=facts, chain_pem="PEM", key=EncryptedKey(key_id=key_id, nonce=b"n", ciphertext=b"c"))
+    return PreparedCert(
+        facts=facts, chain_pem="PEM", key=EncryptedKey(key_id=key_id, nonce=b"n", ciphertext=b"c")
+    )
 
 
 def run(state: AppState, command, hostnames=None, *, seed="cmd-1", prepared=None):
@@ -68,10 +93,18 @@ def codes(excinfo) -> str:
         (AppState(name="demo"), AddDomain(app="demo", hostname="a.example.com"), "app_not_found"),
         (app_with(), CreateApp(app="demo"), "app_exists"),
         (AppState(name="Bad_Name"), CreateApp(app="Bad_Name"), "invalid_app_name"),
-        (app_with("a.example.com"), AddDomain(app="demo", hostname="A.example.com."), "domain_exists"),
+        (
+            app_with("a.example.com"),
+            AddDomain(app="demo", hostname="A.example.com."),
+            "domain_exists",
+        ),
         (app_with(), AddDomain(app="demo", hostname="not a host"), "invalid_hostname"),
         (app_with(), RemoveDomain(app="demo", hostname="a.example.com"), "domain_not_found"),
-        (app_with(), VerifyDns(app="demo", hostname="a.example.com", verified=True), "domain_not_found"),
+        (
+            app_with(),
+            VerifyDns(app="demo", hostname="a.example.com", verified=True),
+            "domain_not_found",
+        ),
         (app_with(), RemoveCert(app="demo"), "endpoint_not_found"),
         (app_with(), DestroyEndpoint(app="demo", name="troodon-00001"), "endpoint_not_found"),
     ],
@@ -93,16 +126,28 @@ def test_create_then_recreate_after_destroy() -> None:
 
 def test_add_domain_claims_the_hostname_and_a_claimed_one_is_refused() -> None:
     _, d = run(app_with(), AddDomain(app="demo", hostname="WWW.Example.com"))
-    assert d.events[1] == ("hostname-www.example.com", HostnameClaimed(app="demo", hostname="www.example.com"))
+    assert d.events[1] == (
+        "hostname-www.example.com",
+        HostnameClaimed(app="demo", hostname="www.example.com"),
+    )
     with pytest.raises(Rejected) as e:
-        decide(app_with(), {"www.example.com": HostnameState("www.example.com", "other")},
-               AddDomain(app="demo", hostname="www.example.com"), now=NOW, seed="s")
+        decide(
+            app_with(),
+            {"www.example.com": HostnameState("www.example.com", "other")},
+            AddDomain(app="demo", hostname="www.example.com"),
+            now=NOW,
+            seed="s",
+        )
     assert e.value.code == "domain_taken"
 
 
 def test_add_cert_serves_the_domains_it_covers() -> None:
-    state, d = run(app_with("www.example.com", "api.example.com", "other.org"), add_cert(), prepared=cert("*.example.com"))
-    (_, added), = d.events
+    state, d = run(
+        app_with("www.example.com", "api.example.com", "other.org"),
+        add_cert(),
+        prepared=cert("*.example.com"),
+    )
+    ((_, added),) = d.events
     assert isinstance(added, CertAdded) and added.domains == ["api.example.com", "www.example.com"]
     assert state.served_by(added.endpoint) == ["api.example.com", "www.example.com"]
     assert state.domains["other.org"].endpoint is None
@@ -117,8 +162,14 @@ def test_add_cert_covering_no_domain_warns_unless_bypassed() -> None:
 
 
 def test_add_cert_with_domains_adds_and_claims_them_but_refuses_uncovered_ones() -> None:
-    state, d = run(app_with(), add_cert(domains=["shop.example.com"]), prepared=cert("*.example.com"))
-    assert [type(e).__name__ for _, e in d.events] == ["DomainAdded", "HostnameClaimed", "CertAdded"]
+    state, d = run(
+        app_with(), add_cert(domains=["shop.example.com"]), prepared=cert("*.example.com")
+    )
+    assert [type(e).__name__ for _, e in d.events] == [
+        "DomainAdded",
+        "HostnameClaimed",
+        "CertAdded",
+    ]
     assert list(state.domains) == ["shop.example.com"]
     with pytest.raises(Rejected) as e:
         run(app_with(), add_cert(domains=["shop.other.org"]), prepared=cert("*.example.com"))
@@ -126,50 +177,84 @@ def test_add_cert_with_domains_adds_and_claims_them_but_refuses_uncovered_ones()
 
 
 def test_only_one_legacy_endpoint_per_app() -> None:
-    state, _ = run(app_with("www.example.com"), add_cert(endpoint_type=EndpointType.ENDPOINT), prepared=cert("www.example.com"))
+    state, _ = run(
+        app_with("www.example.com"),
+        add_cert(endpoint_type=EndpointType.ENDPOINT),
+        prepared=cert("www.example.com"),
+    )
     with pytest.raises(Rejected) as e:
-        run(state, add_cert(endpoint_type=EndpointType.ENDPOINT), seed="cmd-2", prepared=cert("www.example.com"))
+        run(
+            state,
+            add_cert(endpoint_type=EndpointType.ENDPOINT),
+            seed="cmd-2",
+            prepared=cert("www.example.com"),
+        )
     assert e.value.code == "legacy_endpoint_exists"
 
 
-def test_sni_cert_takes_domains_from_the_legacy_endpoint_and_its_removal_completes_migration() -> None:
-    state, d = run(app_with("www.example.com"), add_cert(endpoint_type=EndpointType.ENDPOINT,
-                   domains=["www.example.com"]), prepared=cert("www.example.com", key_id="legacy"))
+def test_sni_cert_takes_domains_from_the_legacy_endpoint_and_its_removal_completes_migration() -> (
+    None
+):
+    state, d = run(
+        app_with("www.example.com"),
+        add_cert(endpoint_type=EndpointType.ENDPOINT, domains=["www.example.com"]),
+        prepared=cert("www.example.com", key_id="legacy"),
+    )
     legacy = d.events[-1][1].endpoint
     state, d = run(state, add_cert(), seed="cmd-2", prepared=cert("www.example.com", key_id="sni"))
     sni = d.events[-1][1].endpoint
     assert state.domains["www.example.com"].endpoint == sni
     state, d = run(state, DestroyEndpoint(app="demo", name=legacy))
-    assert d.events == [("app-demo", EndpointDestroyed(app="demo", endpoint=legacy, shredded_key_ids=["legacy"]))]
+    assert d.events == [
+        ("app-demo", EndpointDestroyed(app="demo", endpoint=legacy, shredded_key_ids=["legacy"]))
+    ]
     assert state.domains["www.example.com"].endpoint == sni and list(state.endpoints) == [sni]
 
 
 def test_update_and_remove_shred_the_previous_data_key() -> None:
-    state, d = run(app_with("www.example.com"), add_cert(), prepared=cert("www.example.com", key_id="k1"))
-    state, d = run(state, UpdateCert(app="demo", certificates=[b"x"], key=SEALED), prepared=cert("www.example.com", key_id="k2"))
-    (_, updated), = d.events
+    state, d = run(
+        app_with("www.example.com"), add_cert(), prepared=cert("www.example.com", key_id="k1")
+    )
+    state, d = run(
+        state,
+        UpdateCert(app="demo", certificates=[b"x"], key=SEALED),
+        prepared=cert("www.example.com", key_id="k2"),
+    )
+    ((_, updated),) = d.events
     assert isinstance(updated, CertUpdated) and updated.shredded_key_ids == ["k1"]
     state, d = run(state, RemoveCert(app="demo"))
-    assert d.events[0][1] == CertRemoved(app="demo", endpoint=updated.endpoint, shredded_key_ids=["k2"])
+    assert d.events[0][1] == CertRemoved(
+        app="demo", endpoint=updated.endpoint, shredded_key_ids=["k2"]
+    )
     assert state.domains["www.example.com"].endpoint is None
 
 
 def test_update_warns_when_the_new_cert_drops_a_served_domain() -> None:
     state, _ = run(app_with("www.example.com"), add_cert(), prepared=cert("www.example.com"))
-    _, d = run(state, UpdateCert(app="demo", certificates=[b"x"], key=SEALED), prepared=cert("api.example.com", key_id="k2"))
+    _, d = run(
+        state,
+        UpdateCert(app="demo", certificates=[b"x"], key=SEALED),
+        prepared=cert("api.example.com", key_id="k2"),
+    )
     assert d.warnings and "www.example.com" in d.warnings[0]
 
 
 def test_several_endpoints_need_a_name() -> None:
     state, _ = run(app_with(), add_cert(bypass=True), prepared=cert("a.example.com"))
-    state, _ = run(state, add_cert(bypass=True), seed="cmd-2", prepared=cert("b.example.com", key_id="k2"))
+    state, _ = run(
+        state, add_cert(bypass=True), seed="cmd-2", prepared=cert("b.example.com", key_id="k2")
+    )
     with pytest.raises(Rejected) as e:
         run(state, RemoveCert(app="demo"))
     assert e.value.code == "endpoint_ambiguous"
 
 
 def test_destroy_app_releases_every_hostname_and_shreds_every_key() -> None:
-    state, _ = run(app_with("a.example.com", "b.example.com"), add_cert(), prepared=cert("*.example.com", key_id="k1"))
+    state, _ = run(
+        app_with("a.example.com", "b.example.com"),
+        add_cert(),
+        prepared=cert("*.example.com", key_id="k1"),
+    )
     assert related_hostnames(state, DestroyApp(app="demo")) == ["a.example.com", "b.example.com"]
     _, d = run(state, DestroyApp(app="demo"))
     assert d.events[0][1].shredded_key_ids == ["k1"]

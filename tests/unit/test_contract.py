@@ -44,7 +44,9 @@ def test_an_old_schema_version_is_upcast_on_read(monkeypatch: pytest.MonkeyPatch
     # Pretend domain.added is at version 2, where v1's "host" field became "hostname".
     monkeypatch.setitem(CURRENT_SCHEMA_VERSION, "domain.added", 2)
     monkeypatch.setitem(
-        UPCASTERS, ("domain.added", 1), lambda o: {**{k: v for k, v in o.items() if k != "host"}, "hostname": o["host"]}
+        UPCASTERS,
+        ("domain.added", 1),
+        lambda o: {**{k: v for k, v in o.items() if k != "host"}, "hostname": o["host"]},
     )
     old = b'{"type":"domain.added","app":"demo","host":"a.example.com"}'
     assert decode_event("domain.added", 1, old) == DomainAdded(app="demo", hostname="a.example.com")

@@ -28,9 +28,20 @@ def test_normalizes(raw: str, normal: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "localhost", "-bad.example.com", "bad-.example.com", "a..example.com", "www.*.example.com",
-     "*", "exa mple.com", "127.0.0.1", "a" * 64 + ".example.com", ("a" * 60 + ".") * 5 + "com",
-     "under_score.example.com"],
+    [
+        "",
+        "localhost",
+        "-bad.example.com",
+        "bad-.example.com",
+        "a..example.com",
+        "www.*.example.com",
+        "*",
+        "exa mple.com",
+        "127.0.0.1",
+        "a" * 64 + ".example.com",
+        ("a" * 60 + ".") * 5 + "com",
+        "under_score.example.com",
+    ],
 )
 def test_refuses(raw: str) -> None:
     with pytest.raises(Rejected) as e:

@@ -27,7 +27,9 @@ def test_sealed_key_opens_only_with_the_gateway_key() -> None:
 def test_a_tampered_seal_is_refused() -> None:
     gw = MasterKey.generate().transport_private_key()
     sealed = seal_for_gateway(SECRET, public_bytes(gw.public_key()))
-    flipped = msgspec.structs.replace(sealed, ciphertext=bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:])
+    flipped = msgspec.structs.replace(
+        sealed, ciphertext=bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
+    )
     with pytest.raises(Rejected):
         unseal(flipped, gw)
 

@@ -65,12 +65,16 @@ def test_accepts_a_der_key_and_normalizes_it_to_pkcs8_pem(leaf, ca, trust) -> No
     der_key = leaf.key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    bundle = inspect_bundle([leaf.cert_pem, ca.intermediate.cert_pem], der_key, now=NOW, trust=trust)
+    bundle = inspect_bundle(
+        [leaf.cert_pem, ca.intermediate.cert_pem], der_key, now=NOW, trust=trust
+    )
     assert bundle.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
 def test_repr_of_a_bundle_never_shows_the_key(leaf, ca, trust) -> None:
-    bundle = inspect_bundle([leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem, now=NOW, trust=trust)
+    bundle = inspect_bundle(
+        [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem, now=NOW, trust=trust
+    )
     assert b"PRIVATE" not in repr(bundle).encode() and "private_key_pem" not in repr(bundle)
 
 
@@ -93,10 +97,17 @@ def _code(excinfo: pytest.ExceptionInfo[Rejected]) -> str:
 
 REFUSALS = [
     # (case, builder -> (cert files, key), expected code, words the message must contain)
-    ("wrong key", lambda ca, leaf: ([leaf.cert_pem], key_pem(new_key())), "key_mismatch", "does not match"),
+    (
+        "wrong key",
+        lambda ca, leaf: ([leaf.cert_pem], key_pem(new_key())),
+        "key_mismatch",
+        "does not match",
+    ),
     (
         "expired",
-        lambda ca, _: _leaf(ca, not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)),
+        lambda ca, _: _leaf(
+            ca, not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
+        ),
         "cert_expired",
         "expired",
     ),
@@ -107,7 +118,12 @@ REFUSALS = [
         "not valid before",
     ),
     ("1024-bit RSA", lambda ca, _: _leaf(ca, key_kind="rsa1024"), "key_too_weak", "2048"),
-    ("garbage", lambda ca, leaf: ([b"\x00\x01garbage" * 10], leaf.key_pem), "unparsable", "neither a PEM"),
+    (
+        "garbage",
+        lambda ca, leaf: ([b"\x00\x01garbage" * 10], leaf.key_pem),
+        "unparsable",
+        "neither a PEM",
+    ),
     (
         "truncated PEM",
         lambda ca, leaf: ([leaf.cert_pem[:200]], leaf.key_pem),
@@ -136,7 +152,10 @@ REFUSALS = [
     ),
     (
         "chain that does not link",
-        lambda ca, leaf: ([leaf.cert_pem, DevCA.create("other").intermediate.cert_pem], leaf.key_pem),
+        lambda ca, leaf: (
+            [leaf.cert_pem, DevCA.create("other").intermediate.cert_pem],
+            leaf.key_pem,
+        ),
         "chain_broken",
         "does not link",
     ),
@@ -163,16 +182,32 @@ def test_an_inconsistent_rsa_key_is_refused_without_openssl_validation(ca) -> No
     n = good.key.private_numbers()
     # Same public half (so it "matches" the certificate) but a corrupted CRT exponent.
     broken = rsa.RSAPrivateNumbers(
-        p=n.p, q=n.q, d=n.d, dmp1=n.dmp1 ^ 2, dmq1=n.dmq1, iqmp=n.iqmp, public_numbers=n.public_numbers
+        p=n.p,
+        q=n.q,
+        d=n.d,
+        dmp1=n.dmp1 ^ 2,
+        dmq1=n.dmq1,
+        iqmp=n.iqmp,
+        public_numbers=n.public_numbers,
     ).private_key(unsafe_skip_rsa_key_validation=True)
     with pytest.raises(Rejected) as excinfo:
-        inspect_bundle([good.cert_pem, ca.intermediate.cert_pem], key_pem(broken), now=NOW, trust=TrustStore([]))
+        inspect_bundle(
+            [good.cert_pem, ca.intermediate.cert_pem],
+            key_pem(broken),
+            now=NOW,
+            trust=TrustStore([]),
+        )
     assert excinfo.value.code == "key_invalid"
 
 
 def test_a_valid_rsa_2048_bundle_is_accepted(ca) -> None:
     good = ca.leaf("rsa.example.com", key_kind="rsa2048")
-    bundle = inspect_bundle([good.cert_pem, ca.intermediate.cert_pem], good.key_pem, now=NOW, trust=TrustStore([ca.root.cert]))
+    bundle = inspect_bundle(
+        [good.cert_pem, ca.intermediate.cert_pem],
+        good.key_pem,
+        now=NOW,
+        trust=TrustStore([ca.root.cert]),
+    )
     assert bundle.facts.key_type == "RSA" and bundle.facts.key_bits == 2048 and bundle.facts.trusted
 
 

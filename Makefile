@@ -1,0 +1,17 @@
+PY ?= .venv/bin/python
+
+.PHONY: lint test bench schemas
+
+lint:
+	$(PY) -m ruff format --check events services schemas tests bench
+	$(PY) -m ruff check events services schemas tests bench
+	$(PY) -m mypy events services/domain
+
+test:
+	$(PY) -m pytest
+
+bench:
+	$(PY) bench/command_path.py
+
+schemas:
+	$(PY) -m schemas.generate

@@ -1,0 +1,148 @@
+"""The `certplane` command as a user runs it, against a gateway running as its own process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from services.devcerts import DevCA, key_pem, new_key
+from tests.conftest import run_cli
+
+
+def ok(settings, *args: str):
+    result = run_cli(settings, *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_a_whole_session_reads_like_heroku(settings, gateway_process, files) -> None:
+    assert "Creating ⬢ shop... done" in ok(settings, "apps:create", "shop").stdout
+    assert (
+        "Adding www.example.com to ⬢ shop... done"
+        in ok(settings, "domains:add", "www.example.com", "-a", "shop").stdout
+    )
+    added = ok(
+        settings,
+        "certs:add",
+        str(files["chain"]),
+        str(files["crt"]),
+        str(files["key"]),
+        "-a",
+        "shop",
+    ).stdout
+    assert "Adding SSL to ⬢ shop... done" in added
+    assert "Common Name(s): www.example.com, *.example.com" in added
+    assert "SSL certificate is verified by a root authority." in added
+
+    table = ok(settings, "certs", "-a", "shop").stdout.splitlines()
+    assert table[0].split() == [
+        "Name",
+        "Common",
+        "Name(s)",
+        "Expires",
+        "Trusted",
+        "Type",
+        "Domains",
+    ]
+    assert "True" in table[2] and "SNI" in table[2] and table[2].rstrip().endswith("1")
+    [endpoint] = json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
+    assert endpoint["domains"] == ["www.example.com"] and endpoint["endpoint_type"] == "sni"
+    info = ok(settings, "certs:info", "-a", "shop").stdout
+    assert f"Fetching SSL certificate {endpoint['name']} info for ⬢ shop... done" in info
+    domains = ok(settings, "domains", "-a", "shop").stdout
+    assert "www.example.com" in domains and endpoint["name"] in domains
+
+    refused = run_cli(settings, "certs:update", str(files["crt"]), str(files["key"]), "-a", "shop")
+    assert refused.returncode == 1 and "--confirm shop" in refused.stderr
+    ok(
+        settings,
+        "certs:update",
+        str(files["crt"]),
+        str(files["chain"]),
+        str(files["key"]),
+        "-a",
+        "shop",
+        "--confirm",
+        "shop",
+    )
+    removed = ok(settings, "certs:remove", "-a", "shop", "--confirm", "shop").stdout
+    assert "Removing SSL certificate" in removed
+    assert "shop has no SSL certificates" in ok(settings, "certs", "-a", "shop").stdout
+    ok(settings, "domains:remove", "www.example.com", "-a", "shop")
+    assert "shop" in ok(settings, "apps").stdout
+    ok(settings, "apps:destroy", "shop", "--confirm", "shop")
+    assert json.loads(ok(settings, "apps", "--json").stdout) == []
+
+
+def test_refusals_exit_1_and_say_what_to_do(
+    settings, gateway_process, files, tmp_path: Path
+) -> None:
+    ok(settings, "apps:create", "shop")
+    wrong_key = tmp_path / "wrong.key"
+    wrong_key.write_bytes(key_pem(new_key()))
+    result = run_cli(settings, "certs:add", str(files["crt"]), str(wrong_key), "-a", "shop")
+    assert result.returncode == 1
+    assert "does not match" in result.stderr and "key_mismatch" in result.stderr
+
+    huge = tmp_path / "huge.pem"
+    huge.write_bytes(b"A" * 10_000_000)
+    result = run_cli(settings, "certs:add", str(huge), str(files["key"]), "-a", "shop")
+    assert result.returncode == 1 and "bundle_too_large" in result.stderr
+
+    result = run_cli(settings, "domains:add", "not a hostname", "-a", "shop")
+    assert result.returncode == 1 and "invalid_hostname" in result.stderr
+
+    result = run_cli(settings, "domains:add", "www.example.com", "-a", "nope")
+    assert result.returncode == 1 and "apps:create nope" in result.stderr
+
+
+def test_der_crlf_and_unicode_input(settings, gateway_process, ca: DevCA, tmp_path: Path) -> None:
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "bücher.example.com", "-a", "shop")
+    leaf = ca.leaf("xn--bcher-kva.example.com")
+    crt = tmp_path / "server.der"
+    crt.write_bytes(leaf.cert.public_bytes(serialization.Encoding.DER))
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(ca.intermediate.cert_pem.replace(b"\n", b"\r\n"))
+    key = tmp_path / "server.key"
+    key.write_bytes(leaf.key_pem.replace(b"\n", b"\r\n"))
+    out = ok(settings, "certs:add", str(crt), str(chain), str(key), "-a", "shop").stdout
+    assert "serves xn--bcher-kva.example.com" in out
+
+
+def test_usage_errors_exit_2(settings, gateway_process) -> None:
+    result = run_cli(settings, "certs:add")
+    assert result.returncode == 2 and "FILE" in result.stderr
+    result = run_cli(settings, "certs")
+    assert result.returncode == 2 and "No app specified" in result.stderr
+    result = run_cli(settings, "certs:frobnicate")
+    assert result.returncode == 2
+
+
+def test_unreachable_control_plane_exits_3_naming_the_url(settings) -> None:
+    result = run_cli(settings, "apps", CERTPLANE_NATS_URL="nats://127.0.0.1:1")
+    assert result.returncode == 3 and "nats://127.0.0.1:1" in result.stderr
+    result = run_cli(settings, "apps", CERTPLANE_PREFIX="nobody-listens-here")
+    assert result.returncode == 3 and "no certplane gateway is answering" in result.stderr
+
+
+def test_local_helpers_order_a_chain_and_find_the_key(
+    settings, files, ca: DevCA, tmp_path: Path
+) -> None:
+    result = run_cli(
+        settings, "certs:chain", str(files["ca"]), str(files["crt"]), str(files["chain"])
+    )
+    assert result.returncode == 0
+    chain = x509.load_pem_x509_certificates(result.stdout.encode())
+    subjects = [c.subject.rfc4514_string() for c in chain]
+    assert subjects[0].endswith("CN=www.example.com") or "www.example.com" in subjects[0]
+    assert "intermediate" in subjects[1] and "root" in subjects[2]
+    other = tmp_path / "other.key"
+    other.write_bytes(key_pem(new_key()))
+    result = run_cli(settings, "certs:key", str(files["crt"]), str(other), str(files["key"]))
+    assert result.returncode == 0 and result.stdout.strip() == str(files["key"])
+    result = run_cli(settings, "certs:key", str(files["crt"]), str(other))
+    assert result.returncode == 1

@@ -1,0 +1,127 @@
+"""Invariant 7: no private key in clear in anything certplane prints, sends or stores.
+
+A whole session (add, a refused add with a wrong key, update, info, remove) runs with the
+gateway logging at DEBUG and exporting every span; a separate NATS client records every
+message on the bus. Then everything is searched for every form of every key used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import asyncpg
+import nats
+from cryptography.hazmat.primitives import serialization
+
+from services.devcerts import DevCA, Issued, new_key
+from tests.conftest import run_cli
+from tests.e2e.conftest import ServiceProcess, wait_for_gateway
+
+
+def forms(key) -> list[bytes]:
+    """Every spelling of a key we can think of: PEM lines, DER in base64 and hex, the scalar."""
+    out: list[bytes] = []
+    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+        out += [line for line in pem.splitlines() if len(line) >= 40]
+        out += [base64.b64encode(der), der.hex().encode(), der[-40:]]
+    out.append(str(key.private_numbers().private_value).encode())
+    return out
+
+
+def leaks(haystack: bytes, keys) -> int:
+    return sum(form in haystack for key in keys for form in forms(key))
+
+
+async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: Path) -> None:
+    first = ca.leaf("www.example.com")
+    second = ca.leaf("www.example.com")
+    wrong: Issued = Issued(first.cert, new_key())
+    keys = [first.key, second.key, wrong.key]
+    d = tmp_path / "c"
+    d.mkdir()
+    for name, data in {
+        "crt": first.cert_pem,
+        "key": first.key_pem,
+        "crt2": second.cert_pem,
+        "key2": second.key_pem,
+        "wrong": wrong.key_pem,
+        "chain": ca.intermediate.cert_pem,
+    }.items():
+        (d / name).write_bytes(data)
+
+    bus: list[bytes] = []
+    spy = await nats.connect(settings.nats_url)
+
+    async def record(msg) -> None:
+        bus.append(msg.subject.encode() + b" " + bytes(msg.data))
+
+    await spy.subscribe(f"{settings.prefix}.>", cb=record)
+    await spy.subscribe("_INBOX.>", cb=record)
+    gateway = ServiceProcess(
+        settings,
+        ["gateway"],
+        tmp_path / "gateway.log",
+        CERTPLANE_LOG_LEVEL="DEBUG",
+        CERTPLANE_TRACE_EXPORT="console",
+        CERTPLANE_TRACE_SAMPLE="1",
+    ).start()
+    await asyncio.to_thread(wait_for_gateway, settings)
+    outputs: list[str] = []
+
+    def cli(*args: str, code: int = 0) -> None:
+        result = run_cli(settings, *args)
+        outputs.append(result.stdout + result.stderr)
+        assert result.returncode == code, result.stderr
+
+    await asyncio.to_thread(cli, "apps:create", "shop")
+    await asyncio.to_thread(cli, "domains:add", "www.example.com", "-a", "shop")
+    await asyncio.to_thread(
+        cli, "certs:add", str(d / "crt"), str(d / "wrong"), "-a", "shop", code=1
+    )
+    await asyncio.to_thread(
+        cli, "certs:add", str(d / "chain"), str(d / "crt"), str(d / "key"), "-a", "shop", "--json"
+    )
+    await asyncio.to_thread(
+        cli,
+        "certs:update",
+        str(d / "chain"),
+        str(d / "crt2"),
+        str(d / "key2"),
+        "-a",
+        "shop",
+        "--confirm",
+        "shop",
+    )
+    await asyncio.to_thread(cli, "certs:info", "-a", "shop", "--json")
+    await asyncio.to_thread(cli, "certs", "-a", "shop")
+    await asyncio.to_thread(cli, "certs:remove", "-a", "shop", "--confirm", "shop", "--json")
+    await spy.flush()
+    await asyncio.sleep(0.2)
+    await spy.close()
+    assert gateway.stop() == 0
+    log_text = gateway.output
+    assert (
+        "certplane.gateway" in log_text and '"trace_id"' in log_text
+    )  # logs and spans were really captured
+
+    conn = await asyncpg.connect(settings.database_url)
+    tables = [
+        r[0]
+        for r in await conn.fetch("select tablename from pg_tables where schemaname = 'public'")
+    ]
+    rows = []
+    for table in tables:
+        rows += [str(r[0]).encode() for r in await conn.fetch(f'select t::text from "{table}" t')]
+    stored = b"\n".join(rows)
+    await conn.close()
+    assert b"cert.added" in stored and len(bus) > 10  # the haystacks are the real ones
+
+    assert leaks("\n".join(outputs).encode(), keys) == 0, "a private key reached CLI output"
+    assert leaks(log_text.encode(), keys) == 0, "a private key reached a log line or a span"
+    assert leaks(b"\n".join(bus), keys) == 0, "a private key crossed NATS in clear"
+    assert leaks(stored, keys) == 0, "a private key is stored in clear"
+    assert leaks(first.key_pem + second.key_pem, keys) > 0  # and the search does find a key
