@@ -299,3 +299,53 @@ async def test_stale_caches_in_two_gateways_resolve_by_version_check(cp, setting
     ]
     view = await cp.query("shop", "app")
     assert len(view.domains) == 40
+
+
+async def _setup_shop(cp, ca) -> None:
+    await cp.command(CreateApp(app="shop"))
+    await cp.command(AddDomain(app="shop", hostname="www.example.com"))
+
+
+COMMAND_REFUSALS = {
+    "app_exists": lambda cp, ca: cp.command(CreateApp(app="shop")),
+    "invalid_app_name": lambda cp, ca: cp.command(CreateApp(app="Shop_1")),
+    "app_not_found": lambda cp, ca: cp.command(RemoveCert(app="ghost")),
+    "invalid_hostname": lambda cp, ca: cp.command(AddDomain(app="shop", hostname="bad host")),
+    "domain_exists": lambda cp, ca: cp.command(AddDomain(app="shop", hostname="WWW.example.com")),
+    "domain_not_found": lambda cp, ca: cp.command(RemoveDomain(app="shop", hostname="api.example.com")),
+    "endpoint_not_found": lambda cp, ca: cp.command(RemoveCert(app="shop")),
+    "domain_not_covered": lambda cp, ca: add_cert(
+        cp, "shop", [(c := ca.leaf("www.example.com")).cert_pem, ca.intermediate.cert_pem], c.key_pem,
+        domains=["shop.other.org"],
+    ),
+}
+
+
+@pytest.mark.parametrize("code", list(COMMAND_REFUSALS))
+async def test_refused_commands_append_nothing(cp, ca, db_url, code) -> None:
+    await _setup_shop(cp, ca)
+    before = await count_events(db_url)
+    reply = await COMMAND_REFUSALS[code](cp, ca)
+    assert isinstance(reply, Rejected) and reply.code == code, reply
+    assert len(reply.message) > 30
+    assert await count_events(db_url) == before
+
+
+async def test_a_second_legacy_endpoint_is_refused(cp, ca, db_url) -> None:
+    await _setup_shop(cp, ca)
+    c = ca.leaf("www.example.com")
+    files = [c.cert_pem, ca.intermediate.cert_pem]
+    first = await add_cert(cp, "shop", files, c.key_pem, endpoint_type=EndpointType.ENDPOINT)
+    assert isinstance(first, Accepted)
+    before = await count_events(db_url)
+    second = await add_cert(cp, "shop", files, c.key_pem, endpoint_type=EndpointType.ENDPOINT)
+    assert isinstance(second, Rejected) and second.code == "legacy_endpoint_exists"
+    assert await count_events(db_url) == before
+
+
+async def test_a_cert_covering_no_domain_is_accepted_with_a_warning(cp, ca) -> None:
+    await _setup_shop(cp, ca)
+    c = ca.leaf("api.other.org")
+    reply = await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem)
+    assert isinstance(reply, Accepted) and "covers none" in reply.warnings[0]
+    assert reply.events[-1].domains == []
