@@ -8,7 +8,7 @@ Every event still records a W3C traceparent: the caller's, or a fresh unsampled 
 from __future__ import annotations
 
 import os
-import secrets
+import random
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -46,9 +46,14 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer("certplane")
 
 
+_ids = random.Random()  # trace ids must be unique, not secret: no system call per id
+
+
 def new_traceparent(sampled: bool = False) -> str:
     """A fresh W3C traceparent header value."""
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{'01' if sampled else '00'}"
+    trace_id = _ids.getrandbits(128) or 1  # all-zero ids are invalid
+    span_id = _ids.getrandbits(64) or 1
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
 
 
 def current_traceparent(fallback: str) -> str:

@@ -18,25 +18,32 @@ log = logging.getLogger("certplane.gateway.group_commit")
 
 
 class GroupCommitter:
-    def __init__(self, event_log: EventLog, *, max_batch: int = 256) -> None:
+    def __init__(self, event_log: EventLog, *, max_batch: int = 256, appenders: int = 1) -> None:
         self._log = event_log
         self._max_batch = max_batch
+        self._appenders = appenders
         self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = (
             asyncio.Queue()
         )
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.requests = 0
 
     async def __aenter__(self) -> GroupCommitter:
-        self._task = asyncio.create_task(self._run(), name="group-commit")
+        # Two appenders: while one batch holds the log's lock, the next is already on its way
+        # (network, parsing, planning), so the lock is rarely idle.
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"group-commit-{i}")
+            for i in range(self._appenders)
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def append(self, request: AppendRequest) -> AppendResult:
         """Append one command's events as part of the next batch; returns its own result."""

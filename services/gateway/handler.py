@@ -18,9 +18,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from events.app import AppDestroyed
 from events.base import Metadata
 from events.codec import CommandEnvelope
-from events.endpoint import AddCert, CertAdded, CertUpdated, UpdateCert
+from events.endpoint import (
+    AddCert,
+    CertAdded,
+    CertRemoved,
+    CertUpdated,
+    EndpointDestroyed,
+    UpdateCert,
+)
 from events.replies import (
     Accepted,
     AppSummary,
@@ -52,6 +60,20 @@ log = logging.getLogger("certplane.gateway")
 CONFLICT_BACKOFF_S = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 MAX_ATTEMPTS = len(CONFLICT_BACKOFF_S) + 1
 Clock = Callable[[], dt.datetime]
+
+
+_SHREDDING = (AppDestroyed, CertUpdated, CertRemoved, EndpointDestroyed)
+
+
+def _event_id() -> str:
+    """A random (version 4) UUID without a system call per id: event ids must be unique,
+    not secret, and os.urandom per event showed up in profiles."""
+    return str(uuid.UUID(int=_random.getrandbits(128) & _V4_MASK | _V4_BITS))
+
+
+_random = random.Random()  # seeded from os.urandom
+_V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1
+_V4_BITS = 0x4000 << 64 | 0x8000 << 48
 
 
 def utcnow() -> dt.datetime:
@@ -205,12 +227,26 @@ class CommandHandler:
             app_version, app_state = await self._load(app_id)
             versions = {app_id: app_version}
             hostnames: dict[str, HostnameState] = {}
+            assumed: list[str] = []
             for host in app_aggregate.related_hostnames(app_state, command):
-                host_version, hostnames[host] = await self._load(hostname_stream(host))
-                versions[hostname_stream(host)] = host_version
-            decision = app_aggregate.decide(
-                app_state, hostnames, command, now=now, seed=envelope.id, cert=cert
-            )
+                stream = hostname_stream(host)
+                cached = self._cache.get(stream)
+                if cached is None:
+                    # Most hostnames are new: assume so rather than read. The append's version
+                    # check proves it; a refusal based on the assumption is re-decided on facts.
+                    cached = (0, _initial(stream))
+                    assumed.append(stream)
+                versions[stream], hostnames[host] = cached
+            try:
+                decision = app_aggregate.decide(
+                    app_state, hostnames, command, now=now, seed=envelope.id, cert=cert
+                )
+            except RejectedError:
+                if not assumed:
+                    raise
+                for stream in assumed:
+                    await self._load(stream, refresh=True)
+                continue
             metadata = Metadata(
                 command_id=envelope.id,
                 actor=envelope.actor,
@@ -222,12 +258,13 @@ class CommandHandler:
             shred = [
                 key_id
                 for _, event in decision.events
-                for key_id in getattr(event, "shredded_key_ids", [])
+                if isinstance(event, _SHREDDING)
+                for key_id in event.shredded_key_ids
             ]
             request = AppendRequest(
                 command_id=envelope.id,
                 expected=versions,
-                events=[NewEvent(s, e, metadata, str(uuid.uuid4())) for s, e in decision.events],
+                events=[NewEvent(s, e, metadata, _event_id()) for s, e in decision.events],
                 new_keys=new_keys
                 if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events)
                 else [],

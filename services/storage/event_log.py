@@ -19,6 +19,7 @@ from events.base import Event, Metadata
 from events.codec import CURRENT_SCHEMA_VERSION, METADATA_DECODER, decode_event, encode
 from events.union import AnyEvent, tag_of
 from services.domain.errors import Unavailable
+from services.storage.hash_chain import content_hash
 
 
 @dataclass(frozen=True)
@@ -114,22 +115,31 @@ def _stored(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+def _event_json(command_id: str, index: int, e: NewEvent) -> dict[str, object]:
+    type_ = tag_of(type(e.event))
+    version = CURRENT_SCHEMA_VERSION[type_]
+    data = encode(e.event).decode()
+    metadata = encode(e.metadata).decode()
+    digest = content_hash(
+        e.stream_id, e.event_id, command_id, index, type_, version, data, metadata
+    )
+    return {
+        "stream_id": e.stream_id,
+        "event_id": e.event_id,
+        "type": type_,
+        "schema_version": version,
+        "data": data,
+        "metadata": metadata,
+        "content_hash": digest.hex(),
+    }
+
+
 def _batch_json(requests: list[AppendRequest]) -> str:
     batch = [
         {
             "command_id": r.command_id,
             "expected": r.expected,
-            "events": [
-                {
-                    "stream_id": e.stream_id,
-                    "event_id": e.event_id,
-                    "type": tag_of(type(e.event)),
-                    "schema_version": CURRENT_SCHEMA_VERSION[tag_of(type(e.event))],
-                    "data": encode(e.event).decode(),
-                    "metadata": encode(e.metadata).decode(),
-                }
-                for e in r.events
-            ],
+            "events": [_event_json(r.command_id, index, e) for index, e in enumerate(r.events)],
             "new_keys": [
                 {
                     "key_id": k.key_id,

@@ -1,7 +1,11 @@
-"""The log's hash chain, recomputed outside the database (mirrors `certplane_event_hash`).
+"""The log's hash chain, computed outside the database (mirrors `certplane_event_hash`).
 
 An auditor needs only the stored columns to check that no event was altered, removed or
-reordered: each row's hash covers its canonical bytes and the previous row's hash.
+reordered. Two steps:
+- `content_hash`: SHA-256 over the event's canonical bytes (everything the writer decides);
+- `event_hash`: SHA-256(prev ‖ position ‖ stream_version ‖ recorded_at µs ‖ content_hash),
+  chaining in what the database assigns under the log's lock.
+Fields are length-prefixed or fixed-width, so no two different rows share canonical bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import uuid
 
 GENESIS = bytes(32)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DOMAIN = b"certplane-event-v1"
 
 
 def _lp(text: str) -> bytes:
@@ -19,35 +24,43 @@ def _lp(text: str) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
-def event_hash(
-    prev: bytes,
-    position: int,
+def content_hash(
     stream_id: str,
-    stream_version: int,
     event_id: str,
     command_id: str,
     command_index: int,
     type_: str,
     schema_version: int,
-    recorded_at: dt.datetime,
     data: str,
     metadata: str,
 ) -> bytes:
-    """SHA-256(prev ‖ canonical row), byte for byte what the append function stores."""
-    delta = recorded_at - _EPOCH
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    """SHA-256 of an event's canonical content bytes."""
     return hashlib.sha256(
-        b"certplane-event-v1"
-        + prev
-        + position.to_bytes(8, "big", signed=True)
+        _DOMAIN
         + _lp(stream_id)
-        + stream_version.to_bytes(4, "big", signed=True)
         + uuid.UUID(event_id).bytes
         + uuid.UUID(command_id).bytes
         + command_index.to_bytes(4, "big", signed=True)
         + _lp(type_)
         + schema_version.to_bytes(4, "big", signed=True)
-        + micros.to_bytes(8, "big", signed=True)
         + _lp(data)
         + _lp(metadata)
+    ).digest()
+
+
+def micros(at: dt.datetime) -> int:
+    delta = at - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def event_hash(
+    prev: bytes, position: int, stream_version: int, recorded_at: dt.datetime, content: bytes
+) -> bytes:
+    """The chained hash the append function stores for a row."""
+    return hashlib.sha256(
+        prev
+        + position.to_bytes(8, "big", signed=True)
+        + stream_version.to_bytes(4, "big", signed=True)
+        + micros(recorded_at).to_bytes(8, "big", signed=True)
+        + content
     ).digest()

@@ -17,7 +17,7 @@ from services.storage.event_log import (
     NewEvent,
     PostgresEventLog,
 )
-from services.storage.hash_chain import GENESIS, event_hash
+from services.storage.hash_chain import GENESIS, content_hash, event_hash
 
 
 def request(stream: str, expected: int, n: int = 1, command_id: str | None = None) -> AppendRequest:
@@ -132,27 +132,24 @@ async def test_the_hash_chain_is_recomputable_outside_the_database(log, db_url) 
     prev = GENESIS
     for r in rows:
         assert bytes(r["prev_hash"]) == prev
-        computed = event_hash(
-            prev,
-            *[
-                r[k]
-                for k in (
-                    "position",
-                    "stream_id",
-                    "stream_version",
-                    "event_id",
-                    "command_id",
-                    "command_index",
-                    "type",
-                    "schema_version",
-                    "recorded_at",
-                    "data",
-                    "metadata",
-                )
-            ],
-        )
+        content = content_hash(*[r[k] for k in (
+            "stream_id", "event_id", "command_id", "command_index", "type", "schema_version",
+            "data", "metadata")])
+        computed = event_hash(prev, r["position"], r["stream_version"], r["recorded_at"], content)
         assert computed == bytes(r["hash"])
         prev = computed
     assert (head["position"], bytes(head["hash"])) == (len(rows), prev)
     times = [r["recorded_at"] for r in rows]
     assert times == sorted(times)
+
+
+async def test_the_sql_hash_function_matches_the_python_one(db_url) -> None:
+    import datetime as dt
+    import hashlib
+
+    at = dt.datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    prev, content = hashlib.sha256(b"p").digest(), hashlib.sha256(b"c").digest()
+    conn = await asyncpg.connect(db_url)
+    in_sql = await conn.fetchval("select certplane_event_hash($1, $2, $3, $4, $5)", prev, 42, 7, at, content)
+    await conn.close()
+    assert bytes(in_sql) == event_hash(prev, 42, 7, at, content)
