@@ -60,7 +60,9 @@ asyncio.run(main())
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 async def wait_answering(nc: nats.NATS, subject: str) -> None:
@@ -173,7 +175,9 @@ async def main() -> None:
 
         async def command(cmd: object) -> Accepted:
             envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)  # type: ignore[arg-type]
-            msg = await nc.request(f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30)  # type: ignore[attr-defined]
+            msg = await nc.request(
+                f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30
+            )  # type: ignore[attr-defined]
             reply = COMMAND_REPLY_DECODER.decode(msg.data)
             assert isinstance(reply, Accepted), reply
             return reply
@@ -211,14 +215,20 @@ async def main() -> None:
             await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
 
         for concurrency in (1, 16, 64):
-            figures.append(await closed_loop("bare NATS request/reply (echo)", concurrency, seconds, echo_op))
             figures.append(
-                await closed_loop("asyncpg single-row INSERT transaction", concurrency, seconds, insert_op)
+                await closed_loop("bare NATS request/reply (echo)", concurrency, seconds, echo_op)
+            )
+            figures.append(
+                await closed_loop(
+                    "asyncpg single-row INSERT transaction", concurrency, seconds, insert_op
+                )
             )
             figures.append(
                 await asyncio.to_thread(eventsourcing_figure, es_db, base, concurrency, seconds)
             )
-            figures.append(await closed_loop("certplane AddDomain", concurrency, seconds, add_domain_op))
+            figures.append(
+                await closed_loop("certplane AddDomain", concurrency, seconds, add_domain_op)
+            )
         await pool.close()
 
         gateway_key = (await nc.request(f"{prefix}.query._.gateway-key", b"", timeout=5)).data
@@ -235,7 +245,9 @@ async def main() -> None:
                 app = await ensure_app(w + _o)
                 await command(AddCert(app=app, certificates=_c, key=_s, bypass=True))
 
-            figures.append(await closed_loop(f"certplane AddCert ({label})", 64, seconds, add_cert_op))
+            figures.append(
+                await closed_loop(f"certplane AddCert ({label})", 64, seconds, add_cert_op)
+            )
         _ = public_bytes
     finally:
         await nc.close()
@@ -248,7 +260,9 @@ async def main() -> None:
         ca_file.unlink(missing_ok=True)
 
     def rate(name: str, concurrency: int) -> float:
-        return next(f.rate for f in figures if f.name.startswith(name) and f.concurrency == concurrency)
+        return next(
+            f.rate for f in figures if f.name.startswith(name) and f.concurrency == concurrency
+        )
 
     small64 = rate("certplane AddDomain", 64)
     print(f"## Command path — {dt.date.today().isoformat()}\n")
@@ -259,7 +273,9 @@ async def main() -> None:
     for f in figures:
         print(f.row())
     print()
-    print(f"- AddDomain @64 / bare NATS echo @64: **{small64 / rate('bare NATS', 64):.2f}** (target ≥ 0.35)")
+    print(
+        f"- AddDomain @64 / bare NATS echo @64: **{small64 / rate('bare NATS', 64):.2f}** (target ≥ 0.35)"
+    )
     print(
         f"- AddDomain @64 / eventsourcing @64: **{small64 / rate('eventsourcing', 64):.1f}×** (target ≥ 2×)"
     )

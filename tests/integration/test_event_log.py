@@ -132,9 +132,21 @@ async def test_the_hash_chain_is_recomputable_outside_the_database(log, db_url) 
     prev = GENESIS
     for r in rows:
         assert bytes(r["prev_hash"]) == prev
-        content = content_hash(*[r[k] for k in (
-            "stream_id", "event_id", "command_id", "command_index", "type", "schema_version",
-            "data", "metadata")])
+        content = content_hash(
+            *[
+                r[k]
+                for k in (
+                    "stream_id",
+                    "event_id",
+                    "command_id",
+                    "command_index",
+                    "type",
+                    "schema_version",
+                    "data",
+                    "metadata",
+                )
+            ]
+        )
         computed = event_hash(prev, r["position"], r["stream_version"], r["recorded_at"], content)
         assert computed == bytes(r["hash"])
         prev = computed
@@ -150,6 +162,8 @@ async def test_the_sql_hash_function_matches_the_python_one(db_url) -> None:
     at = dt.datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=dt.UTC)
     prev, content = hashlib.sha256(b"p").digest(), hashlib.sha256(b"c").digest()
     conn = await asyncpg.connect(db_url)
-    in_sql = await conn.fetchval("select certplane_event_hash($1, $2, $3, $4, $5)", prev, 42, 7, at, content)
+    in_sql = await conn.fetchval(
+        "select certplane_event_hash($1, $2, $3, $4, $5)", prev, 42, 7, at, content
+    )
     await conn.close()
     assert bytes(in_sql) == event_hash(prev, 42, 7, at, content)

@@ -312,10 +312,15 @@ COMMAND_REFUSALS = {
     "app_not_found": lambda cp, ca: cp.command(RemoveCert(app="ghost")),
     "invalid_hostname": lambda cp, ca: cp.command(AddDomain(app="shop", hostname="bad host")),
     "domain_exists": lambda cp, ca: cp.command(AddDomain(app="shop", hostname="WWW.example.com")),
-    "domain_not_found": lambda cp, ca: cp.command(RemoveDomain(app="shop", hostname="api.example.com")),
+    "domain_not_found": lambda cp, ca: cp.command(
+        RemoveDomain(app="shop", hostname="api.example.com")
+    ),
     "endpoint_not_found": lambda cp, ca: cp.command(RemoveCert(app="shop")),
     "domain_not_covered": lambda cp, ca: add_cert(
-        cp, "shop", [(c := ca.leaf("www.example.com")).cert_pem, ca.intermediate.cert_pem], c.key_pem,
+        cp,
+        "shop",
+        [(c := ca.leaf("www.example.com")).cert_pem, ca.intermediate.cert_pem],
+        c.key_pem,
         domains=["shop.other.org"],
     ),
 }
