@@ -32,16 +32,16 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Figure, closed_loop, machine, percentile  # noqa: E402
-from events.app import CreateApp  # noqa: E402
-from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode  # noqa: E402
-from events.domain import AddDomain  # noqa: E402
-from events.endpoint import AddCert  # noqa: E402
-from events.replies import Accepted  # noqa: E402
-from services.config import Settings  # noqa: E402
-from services.devcerts import DevCA  # noqa: E402
-from services.domain.key_envelope import MasterKey, public_bytes, seal_for_gateway  # noqa: E402
-from services.storage.database import _with_database, ensure_database  # noqa: E402
+from bench.harness import Figure, closed_loop, machine, percentile
+from events.app import CreateApp
+from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode
+from events.domain import AddDomain
+from events.endpoint import AddCert
+from events.replies import Accepted
+from services.config import Settings
+from services.devcerts import DevCA
+from services.domain.key_envelope import MasterKey, public_bytes, seal_for_gateway
+from services.storage.database import _with_database, ensure_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ async def main() -> None:
 
     ca = DevCA.create("bench")
     ca_file = Path(f"/tmp/cpbench-{tag}-ca.pem")
-    ca_file.write_bytes(ca.root.cert_pem)
+    ca_file.write_bytes(ca.root.cert_pem)  # noqa: ASYNC240 (setup, not measured)
     master = MasterKey.generate()
     prefix = f"bench{tag}"
     env = {
@@ -257,7 +257,7 @@ async def main() -> None:
         await admin.execute(f'drop database if exists "{db_name}" with (force)')
         await admin.execute(f'drop database if exists "{es_db}" with (force)')
         await admin.close()
-        ca_file.unlink(missing_ok=True)
+        ca_file.unlink(missing_ok=True)  # noqa: ASYNC240 (teardown)
 
     def rate(name: str, concurrency: int) -> float:
         return next(
