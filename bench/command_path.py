@@ -40,7 +40,7 @@ from events.endpoint import AddCert
 from events.replies import Accepted
 from services.config import Settings
 from services.devcerts import DevCA
-from services.domain.key_envelope import MasterKey, public_bytes, seal_for_gateway
+from services.domain.key_envelope import MasterKey, seal_for_gateway
 from services.storage.database import _with_database, ensure_database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,6 +169,7 @@ async def main() -> None:
     echo = start([sys.executable, "-c", ECHO_SERVER, base.nats_url, f"{prefix}.echo"], env)
     nc = await nats.connect(base.nats_url, pending_size=64 * 1024 * 1024)
     figures: list[Figure] = []
+    second: subprocess.Popen[bytes] | None = None
     try:
         await wait_answering(nc, f"{prefix}.query._.gateway-key")
         await wait_answering(nc, f"{prefix}.echo")
@@ -229,29 +230,40 @@ async def main() -> None:
             figures.append(
                 await closed_loop("certplane AddDomain", concurrency, seconds, add_domain_op)
             )
+        # Closed-loop throughput is concurrency / latency: more clients, bigger batches.
+        figures.append(await closed_loop("certplane AddDomain", 256, seconds, add_domain_op))
         await pool.close()
 
         gateway_key = (await nc.request(f"{prefix}.query._.gateway-key", b"", timeout=5)).data
         from events.codec import QUERY_REPLY_DECODER
 
         public = QUERY_REPLY_DECODER.decode(gateway_key).public_key
-        for kind, label in (("ec", "EC P-256"), ("rsa2048", "RSA-2048")):
+        cert_runs = [("ec", "EC P-256", 1), ("rsa2048", "RSA-2048", 1)]
+        cert_runs += [("ec", "EC P-256", 2), ("rsa2048", "RSA-2048", 2)]
+        for kind, label, gateways in cert_runs:
+            if gateways == 2 and second is None:
+                # A second gateway in the queue group: bundle validation is CPU-bound
+                # Python, and a second process is how certplane uses a second core.
+                second = start([sys.executable, "-m", "services.cli.main", "gateway"], env)
+                await asyncio.sleep(2.0)
             leaf = ca.leaf("www.bench.example", key_kind=kind)
             sealed = seal_for_gateway(leaf.key_pem, public)  # sealing is the client's cost
             certificates = [leaf.cert_pem, ca.intermediate.cert_pem]
-            offset = 20_000 if kind == "ec" else 40_000
+            offset = {("ec", 1): 20_000, ("rsa2048", 1): 40_000, ("ec", 2): 60_000}.get(
+                (kind, gateways), 80_000
+            )
 
             async def add_cert_op(w: int, i: int, _s=sealed, _c=certificates, _o=offset) -> None:
                 app = await ensure_app(w + _o)
                 await command(AddCert(app=app, certificates=_c, key=_s, bypass=True))
 
-            figures.append(
-                await closed_loop(f"certplane AddCert ({label})", 64, seconds, add_cert_op)
-            )
-        _ = public_bytes
+            name = f"certplane AddCert ({label})" + (", 2 gateways" if gateways == 2 else "")
+            figures.append(await closed_loop(name, 64, seconds, add_cert_op))
     finally:
         await nc.close()
-        for proc in (gateway, echo):
+        for proc in (gateway, echo, second):
+            if proc is None:
+                continue
             proc.terminate()
             proc.wait(10)
         await admin.execute(f'drop database if exists "{db_name}" with (force)')

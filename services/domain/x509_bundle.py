@@ -299,16 +299,36 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+def _names_link(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether `parent` names itself as `child`'s issuer (subject, and key ids where present)."""
+    if child.issuer != parent.subject:
+        return False
+    try:
+        aki = child.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = parent.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return True
+    return aki.key_identifier is None or aki.key_identifier == ski.digest
+
+
 def order_chain(
-    certificates: list[x509.Certificate], leaf: x509.Certificate | None = None
+    certificates: list[x509.Certificate],
+    leaf: x509.Certificate | None = None,
+    *,
+    verify_signatures: bool = True,
 ) -> list[x509.Certificate]:
-    """Leaf first, then each issuer; raises `ChainIncomplete` if a certificate does not link."""
+    """Leaf first, then each issuer; raises `ChainIncomplete` if a certificate does not link.
+
+    With `verify_signatures=False` links are found by name and key id only; the caller must
+    then check the signatures (the trust verifier does, for a trusted chain).
+    """
+    links = _issued_by if verify_signatures else _names_link
     unique: dict[bytes, x509.Certificate] = {}
     for cert in certificates:
         unique.setdefault(cert.fingerprint(_SHA256), cert)
     pool = list(unique.values())
     if leaf is None:
-        issuers = {id(p) for c in pool for p in pool if c is not p and _issued_by(c, p)}
+        issuers = {id(p) for c in pool for p in pool if c is not p and links(c, p)}
         leaves = [c for c in pool if id(c) not in issuers]
         leaf = leaves[0] if leaves else pool[0]
     else:
@@ -319,7 +339,7 @@ def order_chain(
         current = chain[-1]
         if current.issuer == current.subject:
             break
-        parent = next((c for c in rest if _issued_by(current, c)), None)
+        parent = next((c for c in rest if links(current, c)), None)
         if parent is None:
             break
         chain.append(parent)
@@ -361,7 +381,7 @@ def inspect_bundle(
             "The private key does not match the certificate: find the key that was generated "
             "with this certificate's request (check with `certplane certs:key CRT KEYS...`).",
         )
-    chain = order_chain(certs, leaf)
+    chain = order_chain(certs, leaf, verify_signatures=False)
     _check_validity(leaf, now)
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise Rejected(
@@ -370,8 +390,11 @@ def inspect_bundle(
             "Issue a new certificate with a 2048-bit (or larger) RSA or an EC P-256 key.",
             bits=str(key.key_size),
         )
+    facts = _facts(chain, key, now, trust)
+    if not facts.trusted:  # the trust verifier checked a trusted chain's signatures already
+        _check_signatures(chain)
     return Bundle(
-        facts=_facts(chain, key, now, trust),
+        facts=facts,
         chain_pem="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
         private_key_pem=key.private_bytes(
             serialization.Encoding.PEM,
@@ -379,6 +402,17 @@ def inspect_bundle(
             serialization.NoEncryption(),
         ),
     )
+
+
+def _check_signatures(chain: list[x509.Certificate]) -> None:
+    for child, parent in zip(chain, chain[1:], strict=False):
+        if not _issued_by(child, parent):
+            raise ChainIncomplete(
+                f"The certificate {_dn(child.subject)!r} names {_dn(parent.subject)!r} as its "
+                "issuer, but its signature does not verify with that certificate's key: one of "
+                "them is not the one the authority sent. Download the chain again.",
+                subject=_dn(child.subject),
+            )
 
 
 def _check_validity(leaf: x509.Certificate, now: dt.datetime) -> None:

@@ -214,3 +214,27 @@ def test_a_valid_rsa_2048_bundle_is_accepted(ca) -> None:
 def test_matching_key_finds_the_right_file(leaf) -> None:
     assert matching_key(leaf.cert_pem, [key_pem(new_key()), leaf.key_pem]) == 1
     assert matching_key(leaf.cert_pem, [key_pem(new_key())]) is None
+
+
+def test_an_impostor_issuer_with_the_right_names_is_caught_by_its_signature(ca, leaf) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    real = ca.intermediate.cert
+    impostor_key = new_key()
+    impostor = (
+        x509.CertificateBuilder()
+        .subject_name(real.subject)
+        .issuer_name(real.issuer)
+        .public_key(impostor_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(real.not_valid_before_utc)
+        .not_valid_after(real.not_valid_after_utc)
+        .add_extension(real.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(impostor_key, hashes.SHA256())
+    )
+    pem = impostor.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(Rejected) as excinfo:
+        inspect_bundle([leaf.cert_pem, pem], leaf.key_pem, now=NOW, trust=TrustStore([]))
+    assert excinfo.value.code == "chain_broken" and "signature does not verify" in excinfo.value.message
