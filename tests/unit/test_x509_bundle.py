@@ -230,11 +230,16 @@ def test_an_impostor_issuer_with_the_right_names_is_caught_by_its_signature(ca, 
         .serial_number(x509.random_serial_number())
         .not_valid_before(real.not_valid_before_utc)
         .not_valid_after(real.not_valid_after_utc)
-        .add_extension(real.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value, critical=False)
+        .add_extension(
+            real.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value, critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(impostor_key, hashes.SHA256())
     )
     pem = impostor.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(Rejected) as excinfo:
         inspect_bundle([leaf.cert_pem, pem], leaf.key_pem, now=NOW, trust=TrustStore([]))
-    assert excinfo.value.code == "chain_broken" and "signature does not verify" in excinfo.value.message
+    assert (
+        excinfo.value.code == "chain_broken"
+        and "signature does not verify" in excinfo.value.message
+    )
