@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import itertools
 import math
 import re
 import ssl
@@ -405,7 +406,7 @@ def inspect_bundle(
 
 
 def _check_signatures(chain: list[x509.Certificate]) -> None:
-    for child, parent in zip(chain, chain[1:], strict=False):
+    for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
             raise ChainIncomplete(
                 f"The certificate {_dn(child.subject)!r} names {_dn(parent.subject)!r} as its "
