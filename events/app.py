@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from events.base import Command, Event
+from events.base import AppCommand, Event
 
 
-class CreateApp(Command, tag="app.create"):
+class CreateApp(AppCommand, tag="app.create"):
     pass
 
 
-class DestroyApp(Command, tag="app.destroy"):
+class DestroyApp(AppCommand, tag="app.destroy"):
     pass
 
 

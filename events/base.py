@@ -15,7 +15,11 @@ import msgspec
 class Command(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
 ):
-    """An imperative request about one app. `app` names the app it concerns."""
+    """An imperative request."""
+
+
+class AppCommand(Command):
+    """A request about one app; `app` names it (and the command's NATS subject)."""
 
     app: str
 

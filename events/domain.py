@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from events.base import Command, Event
+from events.base import AppCommand, Event
 
 
-class AddDomain(Command, tag="domain.add"):
+class AddDomain(AppCommand, tag="domain.add"):
     hostname: str
 
 
-class RemoveDomain(Command, tag="domain.remove"):
+class RemoveDomain(AppCommand, tag="domain.remove"):
     hostname: str
 
 
-class VerifyDns(Command, tag="domain.verify_dns"):
+class VerifyDns(AppCommand, tag="domain.verify_dns"):
     """Records the result of a DNS check (the check itself is ACM's job)."""
 
     hostname: str

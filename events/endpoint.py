@@ -12,7 +12,7 @@ import enum
 
 import msgspec
 
-from events.base import Command, Event
+from events.base import AppCommand, Event
 
 
 class EndpointType(enum.Enum):
@@ -56,7 +56,7 @@ class CertificateFacts(msgspec.Struct, frozen=True, kw_only=True):
     chain_fingerprints: list[str] = []
 
 
-class AddCert(Command, tag="cert.add"):
+class AddCert(AppCommand, tag="cert.add"):
     """Upload a chain (files as given: PEM, DER or mixed) and the sealed private key."""
 
     certificates: list[bytes]
@@ -66,18 +66,18 @@ class AddCert(Command, tag="cert.add"):
     bypass: bool = False
 
 
-class UpdateCert(Command, tag="cert.update"):
+class UpdateCert(AppCommand, tag="cert.update"):
     certificates: list[bytes]
     key: SealedKey
     name: str | None = None
     bypass: bool = False
 
 
-class RemoveCert(Command, tag="cert.remove"):
+class RemoveCert(AppCommand, tag="cert.remove"):
     name: str | None = None
 
 
-class DestroyEndpoint(Command, tag="endpoint.destroy"):
+class DestroyEndpoint(AppCommand, tag="endpoint.destroy"):
     name: str
 
 

@@ -24,6 +24,7 @@ from events.endpoint import (
     RemoveCert,
     UpdateCert,
 )
+from events.projection import ProjectionSkipped, SkipProjection
 
 AppEvent = (
     AppCreated
@@ -37,7 +38,8 @@ AppEvent = (
     | EndpointDestroyed
 )
 HostnameEvent = HostnameClaimed | HostnameReleased
-AnyEvent = AppEvent | HostnameEvent
+ProjectionEvent = ProjectionSkipped
+AnyEvent = AppEvent | HostnameEvent | ProjectionEvent
 
 AnyCommand = (
     CreateApp
@@ -49,6 +51,7 @@ AnyCommand = (
     | UpdateCert
     | RemoveCert
     | DestroyEndpoint
+    | SkipProjection
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -63,6 +66,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     EndpointDestroyed,
     HostnameClaimed,
     HostnameReleased,
+    ProjectionSkipped,
 )
 COMMAND_TYPES: tuple[type, ...] = (
     CreateApp,
@@ -74,6 +78,7 @@ COMMAND_TYPES: tuple[type, ...] = (
     UpdateCert,
     RemoveCert,
     DestroyEndpoint,
+    SkipProjection,
 )
 
 

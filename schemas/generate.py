@@ -13,6 +13,7 @@ import msgspec
 
 from events.codec import CommandEnvelope
 from events.replies import CommandReply, QueryReply
+from events.router import RouterConfigEntry
 from events.union import AnyCommand, AnyEvent
 
 OUT = Path(__file__).parent / "json"
@@ -23,6 +24,7 @@ DOCUMENTS = {
     "Event": AnyEvent,
     "CommandReply": CommandReply,
     "QueryReply": QueryReply,
+    "RouterConfigEntry": RouterConfigEntry,
 }
 
 

@@ -116,7 +116,7 @@ class ControlPlane:
             actor=self.actor,
             command=command,  # type: ignore[arg-type]
         )
-        subject = self.subjects.command(command.app, type(command).__name__)
+        subject = self.subjects.command(getattr(command, "app", NON_APP), type(command).__name__)
         raw = await self._request(subject, encode(envelope), {"traceparent": new_traceparent()})
         return COMMAND_REPLY_DECODER.decode(raw)
 

@@ -25,11 +25,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from events.endpoint import EncryptedKey, SealedKey
+from events.router import RouterKeySeal
 from services.domain.errors import Rejected
 
 _SEAL_INFO = b"certplane/seal-to-gateway/v1"
 _TRANSPORT_INFO = b"certplane/gateway-transport-key/v1"
 _WRAP_AAD = b"certplane/data-key/v1:"
+_ROUTER_INFO = b"certplane/seal-to-router/v1"
+_ROUTER_EPHEMERAL_INFO = b"certplane/seal-to-router/ephemeral/v1"
 
 
 @dataclass(frozen=True)
@@ -150,3 +153,47 @@ class DataKey:
         return AESGCM(self.secret).decrypt(
             encrypted.nonce, encrypted.ciphertext, encrypted.key_id.encode()
         )
+
+
+def router_key_id(public: bytes) -> str:
+    return hashlib.sha256(b"router:" + public).hexdigest()[:16]
+
+
+def seal_for_router(
+    private_key: bytes, router_public: bytes, *, hostname: str, derivation_secret: bytes
+) -> RouterKeySeal:
+    """Seal key bytes to the routers' X25519 key, deterministically.
+
+    The ephemeral key and nonce derive from `derivation_secret` (the certificate's data key),
+    the router key and the hostname, so the same entry always seals to the same bytes: a
+    rebuilt projection equals the old one and republishes nothing. Safe because one
+    (ephemeral key, nonce) pair only ever encrypts the one plaintext it was derived for.
+    """
+    seed = HKDF(
+        hashes.SHA256(), 44, salt=router_public, info=_ROUTER_EPHEMERAL_INFO + hostname.encode()
+    )
+    material = seed.derive(derivation_secret)
+    ephemeral = X25519PrivateKey.from_private_bytes(material[:32])
+    nonce = material[32:]
+    eph_pub = public_bytes(ephemeral.public_key())
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(router_public))
+    key = HKDF(hashes.SHA256(), 32, salt=eph_pub + router_public, info=_ROUTER_INFO).derive(shared)
+    ciphertext = AESGCM(key).encrypt(nonce, private_key, hostname.encode())
+    return RouterKeySeal(
+        router_key_id=router_key_id(router_public),
+        ephemeral_public=eph_pub,
+        nonce=nonce,
+        ciphertext=ciphertext,
+    )
+
+
+def open_router_seal(
+    sealed: RouterKeySeal, router_private: X25519PrivateKey, *, hostname: str
+) -> bytes:
+    """Router side: recover the key bytes; raises `InvalidTag` for another key or host."""
+    router_public = public_bytes(router_private.public_key())
+    shared = router_private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
+    key = HKDF(
+        hashes.SHA256(), 32, salt=sealed.ephemeral_public + router_public, info=_ROUTER_INFO
+    ).derive(shared)
+    return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, hostname.encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 APP = "app"
 HOSTNAME = "hostname"
+PROJECTION = "projection"
 
 
 def app_stream(app: str) -> str:
@@ -12,6 +13,10 @@ def app_stream(app: str) -> str:
 
 def hostname_stream(hostname: str) -> str:
     return f"{HOSTNAME}-{hostname}"
+
+
+def projection_stream(name: str) -> str:
+    return f"{PROJECTION}-{name}"
 
 
 def category(stream_id: str) -> str:

@@ -29,6 +29,7 @@ from events.endpoint import (
     EndpointDestroyed,
     UpdateCert,
 )
+from events.projection import SkipProjection
 from events.replies import (
     Accepted,
     AppSummary,
@@ -41,7 +42,15 @@ from events.replies import (
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, HostnameState
 from services.domain.errors import Rejected as RejectedError
-from services.domain.streams import APP, app_stream, category, hostname_stream, stream_key
+from services.domain.projection_ops import DeadLetter, decide_skip
+from services.domain.streams import (
+    APP,
+    app_stream,
+    category,
+    hostname_stream,
+    projection_stream,
+    stream_key,
+)
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.key_custody import KeyCustody
 from services.storage.event_log import (
@@ -142,13 +151,21 @@ class _Held:
 
 def _initial(stream: str) -> Any:
     key = stream_key(stream)
-    return AppState(name=key) if category(stream) == APP else HostnameState(hostname=key)
+    match category(stream):
+        case "app":
+            return AppState(name=key)
+        case "hostname":
+            return HostnameState(hostname=key)
+    return None  # projection streams: only their version matters
 
 
 def _evolve(stream: str, state: Any, event: Any) -> Any:
-    if category(stream) == APP:
-        return app_aggregate.evolve(state, event)
-    return app_aggregate.evolve_hostname(state, event)
+    match category(stream):
+        case "app":
+            return app_aggregate.evolve(state, event)
+        case "hostname":
+            return app_aggregate.evolve_hostname(state, event)
+    return state
 
 
 def accepted_from_stored(events: list[StoredEvent]) -> Accepted:
@@ -191,8 +208,16 @@ class CommandHandler:
             self._require_uuid(envelope.id)
         except RejectedError as error:
             return rejected_reply(error)
-        async with await self._app_locks(envelope.command.app):
+        command = envelope.command
+        lock_key = (
+            projection_stream(command.projection)
+            if isinstance(command, SkipProjection)
+            else app_stream(command.app)
+        )
+        async with await self._app_locks(lock_key):
             try:
+                if isinstance(command, SkipProjection):
+                    return await self._skip_projection(envelope, command, traceparent)
                 return await self._decide_and_append(envelope, traceparent)
             except RejectedError as error:
                 # A retried command may be refused now (e.g. "app exists") although its first
@@ -304,6 +329,59 @@ class CommandHandler:
             f"{command.app} was changed by other commands {MAX_ATTEMPTS} times while this one was "
             "being decided: send the same command again (with the same id).",
         )
+
+    async def _skip_projection(
+        self, envelope: CommandEnvelope, command: SkipProjection, traceparent: str
+    ) -> Accepted | Rejected:
+        """Audit the skip in the log, then mark the dead letter so the projector moves on."""
+        row = await self._log.pool.fetchrow(
+            "select event_type, error, skipped_at is not null from projector_dead_letters"
+            " where name = $1 and position = $2",
+            command.projection,
+            command.position,
+        )
+        dead = (
+            DeadLetter(command.projection, command.position, row[0], row[1], row[2])
+            if row
+            else None
+        )
+        event = decide_skip(dead, command)
+        stream = projection_stream(command.projection)
+        version, _ = await self._load(stream, refresh=True)
+        metadata = Metadata(
+            command_id=envelope.id,
+            actor=envelope.actor,
+            correlation_id=envelope.correlation_id or envelope.id,
+            causation_id=envelope.causation_id or envelope.id,
+            traceparent=traceparent,
+        )
+        result = await self._committer.append(
+            AppendRequest(
+                command_id=envelope.id,
+                expected={stream: version},
+                events=[NewEvent(stream, event, metadata, _event_id())],
+            )
+        )
+        if result.status is AppendStatus.CONFLICT:
+            raise RejectedError("busy", "Another skip was recorded at the same time: try again.")
+        if result.status is AppendStatus.DUPLICATE:
+            reply = accepted_from_stored(await self._log.read_command(envelope.id))
+        else:
+            reply = Accepted(
+                stream=stream,
+                version=result.versions[0],
+                position=result.positions[0],
+                events=[event],
+            )
+        await self._log.pool.execute(
+            "update projector_dead_letters set skipped_at = now(), skipped_by = $3,"
+            " skip_position = $4 where name = $1 and position = $2 and skipped_at is null",
+            command.projection,
+            command.position,
+            envelope.actor,
+            reply.position,
+        )
+        return reply
 
     def _advance_cache(
         self, expected: dict[str, int], events: list[tuple[str, Any]], versions: list[int]

@@ -117,13 +117,14 @@ class Gateway:
             )
             return
         subject_app = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
-        if subject_app != envelope.command.app:
+        app = getattr(envelope.command, "app", NON_APP)
+        if subject_app != app:
             await self._respond(
                 msg,
                 Rejected(
                     code="bad_command",
                     message=f"The subject names app {subject_app!r} but the command is for "
-                    f"{envelope.command.app!r}: publish to {self.subjects.command(envelope.command.app, '<Command>')}.",
+                    f"{app!r}: publish to {self.subjects.command(app, '<Command>')}.",
                 ),
             )
             return
@@ -132,7 +133,7 @@ class Gateway:
         with tracer().start_as_current_span(
             tag,
             context=PROPAGATOR.extract(headers),
-            attributes={"certplane.app": envelope.command.app, "certplane.command_id": envelope.id},
+            attributes={"certplane.app": app, "certplane.command_id": envelope.id},
         ):
             traceparent = current_traceparent(incoming or new_traceparent())
             try:
@@ -151,7 +152,7 @@ class Gateway:
                 "command %s %s for %s rejected: %s",
                 envelope.id,
                 tag,
-                envelope.command.app,
+                app,
                 reply.code,
             )
         else:
@@ -159,7 +160,7 @@ class Gateway:
                 "command %s %s for %s accepted at position %d",
                 envelope.id,
                 tag,
-                envelope.command.app,
+                app,
                 reply.position,
             )
         await self._respond(msg, reply)

@@ -160,6 +160,7 @@ class PostgresEventLog:
 
     def __init__(self, pool: asyncpg.Pool, *, url: str = "") -> None:
         self._pool = pool
+        self.pool = pool
         self._url = url
 
     async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:

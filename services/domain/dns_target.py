@@ -1,0 +1,40 @@
+"""DNS targets: `<adjective>-<noun>-<random>.<zone>`, derived from a seed (the event id).
+
+Deterministic, so a projection rebuilt from position 0 allocates the very same names; on a
+collision the caller re-draws with the next attempt number, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+ADJECTIVES = (
+    "agile", "amber", "ancient", "bold", "brave", "bright", "calm", "clever", "cosmic", "crisp",
+    "curious", "daring", "eager", "elegant", "exemplary", "fancy", "fierce", "gentle", "glowing",
+    "graceful", "happy", "humble", "jolly", "keen", "kind", "lively", "lucky", "majestic",
+    "mellow", "mighty", "nimble", "noble", "polished", "proud", "quick", "quiet", "radiant",
+    "rapid", "serene", "shiny", "silent", "sleek", "smooth", "solid", "spirited", "steady",
+    "sturdy", "sunny", "swift", "tidy", "vivid", "warm", "whispering", "wise", "witty", "zesty",
+)  # fmt: skip
+NOUNS = (
+    "anchor", "aurora", "badger", "beacon", "birch", "canyon", "cedar", "comet", "coral", "crane",
+    "delta", "dune", "falcon", "fern", "fjord", "glacier", "harbor", "heron", "island", "juniper",
+    "lagoon", "lantern", "maple", "meadow", "mesa", "nebula", "oasis", "orchid", "otter", "pebble",
+    "pine", "prairie", "quartz", "raven", "reef", "river", "sequoia", "summit", "sushi", "tundra",
+    "valley", "willow", "wombat", "zephyr",
+)  # fmt: skip
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+MAX_DRAWS = 16
+
+
+def dns_target(seed: str, attempt: int, zone: str) -> str:
+    """The DNS target for `seed` at re-draw `attempt` (0 first)."""
+    digest = hashlib.sha256(f"certplane-dns-target/{seed}/{attempt}".encode()).digest()
+    adjective = ADJECTIVES[digest[0] % len(ADJECTIVES)]
+    noun = NOUNS[digest[1] % len(NOUNS)]
+    number = int.from_bytes(digest[2:20], "big")
+    random_part = ""
+    for _ in range(24):
+        number, index = divmod(number, 36)
+        random_part += _ALPHABET[index]
+    return f"{adjective}-{noun}-{random_part}.{zone}"
