@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 
 from events.base import Reply
@@ -66,5 +68,52 @@ class GatewayKey(Reply, tag="view.gateway_key"):
     public_key: bytes
 
 
+class Checkpoints(Reply, tag="view.checkpoints"):
+    """How far each projection has applied the log, and the log's head."""
+
+    head: int
+    positions: dict[str, int]
+
+
+class ProjectionStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    checkpoint: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    state: str  # running | standby | stopped | absent
+    instances: list[str]
+    detail: str = ""
+
+
+class ProjectionsView(Reply, tag="view.projections"):
+    projections: list[ProjectionStatus]
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    recorded_at: dt.datetime
+    app: str
+    actor: str
+    action: str
+    object: str
+    summary: str
+    command_id: str
+    trace_id: str
+
+
+class AuditView(Reply, tag="view.audit"):
+    entries: list[AuditEntry]
+
+
+class QueryParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of a query request."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    hostname: str | None = None
+    limit: int = 1000
+
+
 CommandReply = Accepted | Rejected
-QueryReply = AppsView | AppView | GatewayKey | Rejected
+QueryReply = AppsView | AppView | GatewayKey | Checkpoints | ProjectionsView | AuditView | Rejected

@@ -30,3 +30,12 @@ class Subjects:
 
 
 GATEWAY_QUEUE = "gateway"
+
+
+def kv_key(hostname: str) -> str:
+    """A hostname as a KV key: `*` (wildcards) is not allowed there, `_` never is in hostnames."""
+    return hostname.replace("*", "_")
+
+
+def hostname_of_kv_key(key: str) -> str:
+    return key.replace("_", "*")

@@ -71,3 +71,23 @@ def shutdown_tracing() -> None:
     shutdown = getattr(provider, "shutdown", None)
     if shutdown is not None:
         shutdown()
+
+
+class _ProjectorMetrics:
+    """Throughput and lag of one projector as OpenTelemetry metrics (no-op without an SDK)."""
+
+    def __init__(self, name: str) -> None:
+        from opentelemetry import metrics
+
+        meter = metrics.get_meter("certplane")
+        self._attributes = {"certplane.projection": name}
+        self._events = meter.create_counter("certplane.projector.events", unit="{event}")
+        self._batch_seconds = meter.create_histogram("certplane.projector.batch.duration", unit="s")
+
+    def batch(self, count: int, seconds: float) -> None:
+        self._events.add(count, self._attributes)
+        self._batch_seconds.record(seconds, self._attributes)
+
+
+def projector_metrics(name: str) -> _ProjectorMetrics:
+    return _ProjectorMetrics(name)

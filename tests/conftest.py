@@ -9,6 +9,8 @@ its own NATS subject prefix, so tests never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -18,7 +20,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import nats
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.cli.client import ControlPlane
 from services.config import Settings
@@ -60,6 +64,7 @@ def db_url(servers: Settings, template_db: str) -> Iterator[str]:
     name = f"cp_test_{secrets.token_hex(6)}"
     url = _with_database(servers.database_url, name)
     asyncio.run(_admin(url, f'create database "{name}" template "{template_db}"'))
+    asyncio.run(ensure_database(url))  # per-database grants do not come with the template
     yield url
     asyncio.run(_admin(url, f'drop database if exists "{name}" with (force)'))
 
@@ -76,16 +81,60 @@ def ca_file(ca: DevCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def router_key(tmp_path_factory: pytest.TempPathFactory) -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
 @pytest.fixture
-def settings(servers: Settings, db_url: str, ca_file: Path) -> Settings:
+def settings(
+    servers: Settings, db_url: str, ca_file: Path, router_key: X25519PrivateKey, tmp_path: Path
+) -> Settings:
+    prefix = f"t{secrets.token_hex(5)}"
+    key_file = tmp_path / "router.key"
+    key_file.write_text(base64.b64encode(router_key.private_bytes_raw()).decode())
     return dataclasses.replace(
         servers,
         database_url=db_url,
-        prefix=f"t{secrets.token_hex(5)}",
+        prefix=prefix,
         master_key=MasterKey.generate().to_text(),
         extra_ca_file=str(ca_file),
         trust_system_store=False,
+        router_bucket=f"ROUTER_CONFIG_{prefix}",
+        router_key_file=key_file,
     )
+
+
+@pytest.fixture
+async def projectors(settings: Settings, gateway: object) -> AsyncIterator[asyncio.Task[None]]:
+    """All projectors, in-process; the JetStream bucket is deleted afterwards."""
+    from services.projectors.service import run_projectors
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_projectors(settings, [], stop))
+    yield task
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    nc = await nats.connect(settings.nats_url)
+    with contextlib.suppress(Exception):
+        await nc.jetstream().delete_key_value(settings.router_bucket)
+    await nc.close()
+
+
+async def projected(cp: ControlPlane, position: int, within: float = 15.0) -> None:
+    """Wait until every projection has applied `position` (read-your-writes, no sleeping)."""
+    from events.replies import Checkpoints
+
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        reply = await cp.query(None, "checkpoints")
+        assert isinstance(reply, Checkpoints)
+        names = ("certificates", "dns_targets", "router_config", "audit")
+        if all(reply.positions.get(n, 0) >= position for n in names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"projections at {reply.positions}, waiting for {position}")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -111,6 +160,9 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         CERTPLANE_MASTER_KEY=settings.master_key,
         CERTPLANE_EXTRA_CA_FILE=settings.extra_ca_file,
         CERTPLANE_TRUST_SYSTEM_STORE="1" if settings.trust_system_store else "0",
+        CERTPLANE_ROUTER_BUCKET=settings.router_bucket,
+        CERTPLANE_ROUTER_KEY_FILE=str(settings.router_key_file),
+        CERTPLANE_DNS_ZONE=settings.dns_zone,
         PYTHONPATH=str(REPO),
     )
     env.update(extra)

@@ -31,10 +31,8 @@ create table projector_status (
     primary key (name, instance)
 );
 
-do $$
-begin
-    execute format('grant create on database %I to certplane_service', current_database());
-end $$;
+-- (CREATE on the database, for the generation schemas, is granted by `certplane migrate`
+-- every time it runs: a database grant does not survive a template copy or a restore.)
 grant select, insert, update on projector_checkpoints to certplane_service;
 grant select, insert, update on projector_dead_letters to certplane_service;
 grant select, insert, update, delete on projector_status to certplane_service;

@@ -15,7 +15,7 @@ import nats.errors
 
 from events.base import Command
 from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
-from events.replies import Accepted, GatewayKey, Rejected
+from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from services.domain.errors import Unavailable
 from services.subjects import NON_APP, Subjects
 from services.telemetry import new_traceparent
@@ -120,8 +120,9 @@ class ControlPlane:
         raw = await self._request(subject, encode(envelope), {"traceparent": new_traceparent()})
         return COMMAND_REPLY_DECODER.decode(raw)
 
-    async def query(self, app: str | None, view: str) -> Any:
-        raw = await self._request(self.subjects.query(app or NON_APP, view), b"")
+    async def query(self, app: str | None, view: str, params: QueryParams | None = None) -> Any:
+        body = encode(params) if params is not None else b""
+        raw = await self._request(self.subjects.query(app or NON_APP, view), body)
         return QUERY_REPLY_DECODER.decode(raw)
 
     async def gateway_key(self) -> GatewayKey:

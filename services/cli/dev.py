@@ -18,6 +18,7 @@ from services.devcerts import DevCA
 from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
 from services.gateway.service import Gateway
+from services.projectors.service import load_router_private_key, run_projectors
 from services.runner import setup_logging
 from services.storage.database import ensure_database, redact
 
@@ -47,6 +48,7 @@ def _instructions(settings: Settings, files: dict[str, Path]) -> str:
         "certplane is running:",
         f"  event log  {redact(settings.database_url)}",
         f"  gateway    {settings.nats_url} (subjects {settings.prefix}.cmd.>)",
+        f"  projectors certificates, dns_targets, router_config (KV {settings.router_bucket}), audit",
         "",
         "Try it from another terminal:",
         *env,
@@ -74,6 +76,8 @@ def _run_demo(files: dict[str, Path]) -> None:
     _cli("certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]), "-a", app)
     _cli("certs", "-a", app)
     _cli("domains", "-a", app)
+    _cli("audit:log", "-a", app)
+    _cli("projections")
     _cli("apps:destroy", app, "--confirm", app)
 
 
@@ -89,6 +93,7 @@ def run_dev(args: argparse.Namespace) -> None:
         applied = asyncio.run(ensure_database(settings.database_url))
         print(f"Database ready ({len(applied)} migration(s) applied).", flush=True)
         load_master_key(settings, create=True)
+        load_router_private_key(settings, create=True)
         os.environ.setdefault("CERTPLANE_MASTER_KEY_FILE", str(settings.master_key_file))
         asyncio.run(_serve(settings, files, demo=args.demo))
 
@@ -99,9 +104,14 @@ async def _serve(settings: Settings, files: dict[str, Path], *, demo: bool) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(settings):
-        if demo:
-            await asyncio.to_thread(_run_demo, files)
-            print("Demo complete.", flush=True)
-            return
-        print(_instructions(settings, files), flush=True)
-        await stop.wait()
+        projectors = asyncio.create_task(run_projectors(settings, [], stop))
+        try:
+            if demo:
+                await asyncio.to_thread(_run_demo, files)
+                print("Demo complete.", flush=True)
+                return
+            print(_instructions(settings, files), flush=True)
+            await stop.wait()
+        finally:
+            stop.set()
+            await projectors

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,7 +19,17 @@ from typing import Any, NoReturn
 from events.app import CreateApp, DestroyApp
 from events.domain import AddDomain, RemoveDomain
 from events.endpoint import AddCert, EndpointType, RemoveCert, UpdateCert
-from events.replies import Accepted, AppsView, AppView, Rejected
+from events.projection import SkipProjection
+from events.replies import (
+    Accepted,
+    AppsView,
+    AppView,
+    AuditView,
+    Checkpoints,
+    ProjectionsView,
+    QueryParams,
+    Rejected,
+)
 from services.cli import output
 from services.cli.client import ControlPlane
 from services.config import Settings
@@ -84,6 +96,33 @@ def _check(reply: Accepted | Rejected) -> Accepted:
     return reply
 
 
+READ_YOUR_WRITES_TIMEOUT = 10.0
+
+
+async def _projected(
+    cp: ControlPlane, position: int, names: tuple[str, ...] = ("certificates", "dns_targets")
+) -> bool:
+    """Wait until the projections the CLI reads have applied `position` (read your writes)."""
+    deadline = time.monotonic() + READ_YOUR_WRITES_TIMEOUT
+    while True:
+        reply = await cp.query(None, "checkpoints")
+        if isinstance(reply, Checkpoints):
+            behind = {
+                n: reply.positions.get(n, 0) for n in names if reply.positions.get(n, 0) < position
+            }
+            if not behind:
+                return True
+            if time.monotonic() > deadline:
+                where = ", ".join(f"{n} at {p}" for n, p in behind.items())
+                output.warn(
+                    f"The change is saved (position {position}), but the read models are behind "
+                    f"({where}) after {READ_YOUR_WRITES_TIMEOUT:.0f}s, so what follows may not show "
+                    "it yet: check `certplane projections` (is `certplane projector` running?)."
+                )
+                return False
+        await asyncio.sleep(0.02)
+
+
 async def _app_view(cp: ControlPlane, app: str) -> AppView:
     view = await cp.query(app, "app")
     if isinstance(view, Rejected):
@@ -110,6 +149,7 @@ async def apps_create(args: argparse.Namespace) -> None:
     async with _control_plane() as cp:
         _progress(f"Creating ⬢ {app}", args)
         reply = _check(await cp.command(CreateApp(app=app)))
+        await _projected(cp, reply.position)
         _done(args)
         if args.json:
             output.print_json(reply)
@@ -133,6 +173,7 @@ async def apps_destroy(args: argparse.Namespace) -> None:
     async with _control_plane() as cp:
         _progress(f"Destroying ⬢ {app} (including all domains and certificates)", args)
         reply = _check(await cp.command(DestroyApp(app=app)))
+        await _projected(cp, reply.position)
         _done(args)
         if args.json:
             output.print_json(reply)
@@ -147,8 +188,18 @@ async def domains_add(args: argparse.Namespace) -> None:
         _progress(f"Adding {args.hostname} to ⬢ {app}", args)
         reply = _check(await cp.command(AddDomain(app=app, hostname=args.hostname)))
         _done(args)
-        if args.json:
-            output.print_json(reply)
+        view = await _app_view(cp, app) if await _projected(cp, reply.position) else None
+    hostname = reply.events[0].hostname  # type: ignore[union-attr]
+    target = (
+        next((d.dns_target for d in view.domains if d.hostname == hostname), "") if view else ""
+    )
+    if args.json:
+        output.print_json({"reply": reply, "hostname": hostname, "dns_target": target})
+        return
+    if target:
+        output.warn("Configure your app's DNS provider to point to the DNS Target")
+        output.warn(target)
+        output.warn(f"(a CNAME record for {hostname}, or ALIAS/ANAME at the apex)")
 
 
 async def domains_list(args: argparse.Namespace) -> None:
@@ -168,6 +219,7 @@ async def domains_remove(args: argparse.Namespace) -> None:
     async with _control_plane() as cp:
         _progress(f"Removing {args.hostname} from ⬢ {app}", args)
         reply = _check(await cp.command(RemoveDomain(app=app, hostname=args.hostname)))
+        await _projected(cp, reply.position)
         _done(args)
         if args.json:
             output.print_json(reply)
@@ -209,6 +261,13 @@ async def certs_add(args: argparse.Namespace) -> None:
         _progress(f"Adding SSL to ⬢ {app}", args)
         reply = _check(await cp.command(command))
         _done(args)
+        view = await _app_view(cp, app) if await _projected(cp, reply.position) else None
+    if view is not None and not args.json:
+        targets = {d.hostname: d.dns_target for d in view.domains}
+        for event in reply.events:
+            for host in getattr(event, "domains", []) or []:
+                if targets.get(host):
+                    print(f"{host} now served by {targets[host]}")
     _print_cert_result(reply, args)
 
 
@@ -305,6 +364,7 @@ async def certs_update(args: argparse.Namespace) -> None:
         )
         reply = _check(await cp.command(command))
         _done(args)
+        await _projected(cp, reply.position)
     _print_cert_result(reply, args)
 
 
@@ -316,6 +376,7 @@ async def certs_remove(args: argparse.Namespace) -> None:
             f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " "), args
         )
         reply = _check(await cp.command(RemoveCert(app=app, name=args.name)))
+        await _projected(cp, reply.position)
         _done(args)
         if args.json:
             output.print_json(reply)
@@ -345,6 +406,106 @@ def certs_key(args: argparse.Namespace) -> None:
     print(args.keys[index])
 
 
+async def domains_info(args: argparse.Namespace) -> None:
+    app = _app(args)
+    async with _control_plane() as cp:
+        view = await _app_view(cp, app)
+    wanted = _normalize_or_fail(args.hostname)
+    match = [d for d in view.domains if d.hostname == wanted]
+    if not match:
+        _fail(
+            EXIT_REJECTED, f"{wanted} is not a domain of {app}: see `certplane domains -a {app}`."
+        )
+    domain = match[0]
+    if args.json:
+        output.print_json(domain)
+        return
+    verified = {True: "yes", False: "no", None: "not checked"}[domain.dns_verified]
+    print(f"=== {domain.hostname}")
+    print(f"App:             {app}")
+    print("DNS Record Type: CNAME")
+    print(f"DNS Target:      {domain.dns_target}")
+    print(f"DNS Verified:    {verified}")
+    print(f"SNI Endpoint:    {domain.endpoint or '(none)'}")
+
+
+def _normalize_or_fail(hostname: str) -> str:
+    from services.domain.domain_name import normalize_hostname
+
+    try:
+        return normalize_hostname(hostname)
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+
+
+async def projections_list(args: argparse.Namespace) -> None:
+    async with _control_plane() as cp:
+        view = await cp.query(None, "projections")
+    if isinstance(view, Rejected):
+        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
+    assert isinstance(view, ProjectionsView)
+    if args.json:
+        output.print_json(view.projections)
+        return
+    rows = [
+        [
+            p.name,
+            str(p.checkpoint),
+            str(p.head),
+            str(p.lag_events),
+            f"{p.lag_seconds:.1f}",
+            p.state,
+            p.detail,
+        ]
+        for p in view.projections
+    ]
+    headers = ["Projection", "Checkpoint", "Head", "Lag (events)", "Lag (s)", "State", "Detail"]
+    print(output.table(headers, rows))
+
+
+async def projections_skip(args: argparse.Namespace) -> None:
+    async with _control_plane() as cp:
+        command = SkipProjection(projection=args.name, position=args.position, reason=args.reason)
+        _progress(f"Skipping position {args.position} of {args.name}", args)
+        reply = _check(await cp.command(command))
+        _done(args)
+    if args.json:
+        output.print_json(reply)
+    else:
+        print(f"Recorded in the log at position {reply.position}; the projector moves on.")
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{text!r} is not a time: use ISO 8601, e.g. 2026-11-26T12:00:00Z."
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def audit_log(args: argparse.Namespace) -> None:
+    app = _app(args)
+    params = QueryParams(since=_when(args.since), until=_when(args.until), limit=args.limit)
+    async with _control_plane() as cp:
+        view = await cp.query(app, "audit", params)
+    if isinstance(view, Rejected):
+        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
+    assert isinstance(view, AuditView)
+    if args.json:
+        output.print_json(view.entries)
+        return
+    rows = [
+        [output.when(e.recorded_at), e.actor, e.action, e.object, e.summary, str(e.position)]
+        for e in view.entries
+    ]
+    print(f"=== {app} audit log")
+    print(output.table(["When", "Actor", "Action", "Object", "Summary", "Position"], rows))
+
+
 # -- services -----------------------------------------------------------------------------
 
 
@@ -360,6 +521,13 @@ def gateway_cmd(args: argparse.Namespace) -> None:
     from services.runner import run_service
 
     run_service("gateway", lambda stop: run_gateway(_settings(), stop))
+
+
+def projector_cmd(args: argparse.Namespace) -> None:
+    from services.projectors.service import run_projectors
+    from services.runner import run_service
+
+    run_service("projector", lambda stop: run_projectors(_settings(), args.names, stop))
 
 
 def dev_cmd(args: argparse.Namespace) -> None:
@@ -404,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hostname")
     _add(sub, "domains", domains_list, "list an app's custom domains")
     p = _add(sub, "domains:remove", domains_remove, "remove a custom domain from an app")
+    p.add_argument("hostname")
+
+    p = _add(sub, "domains:info", domains_info, "show a custom domain's DNS target and endpoint")
     p.add_argument("hostname")
 
     p = _add(sub, "certs:add", certs_add, "add an SSL certificate to an app")
@@ -451,6 +622,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("crt", metavar="CRT")
     p.add_argument("keys", nargs="+", metavar="KEY")
+
+    _add(
+        sub,
+        "projections",
+        projections_list,
+        "show projections' checkpoints, lag and state",
+        app=False,
+    )
+    p = _add(
+        sub, "projections:skip", projections_skip, "skip a dead-lettered event (audited)", app=False
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("position", metavar="POSITION", type=int)
+    p.add_argument("--reason", required=True, help="why it may be skipped (kept in the audit log)")
+    p = _add(sub, "audit:log", audit_log, "what happened to an app, when, and who did it")
+    p.add_argument("--since", help="ISO 8601 time")
+    p.add_argument("--until", help="ISO 8601 time")
+    p.add_argument("--limit", type=int, default=1000)
+    p = _add(
+        sub, "projector", projector_cmd, "run projectors (all by default)", app=False, json=False
+    )
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help="certificates, dns_targets, router_config, audit"
+    )
 
     _add(
         sub,

@@ -58,6 +58,8 @@ class EndpointState:
     endpoint_type: EndpointType
     certificate: CertificateFacts
     key_id: str
+    chain_pem: str = ""
+    key: EncryptedKey | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,19 @@ class AppState:
 
     def served_by(self, endpoint: str) -> list[str]:
         return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
+
+    def serving(self) -> dict[str, EndpointState]:
+        """What routers serve: each hostname's endpoint; a legacy SSL Endpoint serves the
+        domains no SNI endpoint claims (so both can coexist during a migration)."""
+        legacy = next(
+            (e for e in self.endpoints.values() if e.endpoint_type is EndpointType.ENDPOINT), None
+        )
+        served = {}
+        for host, domain in self.domains.items():
+            endpoint = self.endpoints.get(domain.endpoint) if domain.endpoint else legacy
+            if endpoint is not None:
+                served[host] = endpoint
+        return served
 
 
 @dataclass(frozen=True)
@@ -113,15 +128,21 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
         case CertAdded(
             endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts
         ):
-            added = EndpointState(name, kind, facts, key.key_id)
+            added = EndpointState(name, kind, facts, key.key_id, event.chain_pem, key)
             domains = {
                 h: replace(d, endpoint=name) if h in hosts else d for h, d in state.domains.items()
             }
             return replace(state, endpoints={**state.endpoints, name: added}, domains=domains)
-        case CertUpdated(endpoint=name, certificate=facts, key=key):
+        case CertUpdated(endpoint=name, certificate=facts, key=key, chain_pem=chain):
             if name not in state.endpoints:
                 return state
-            updated = replace(state.endpoints[name], certificate=facts, key_id=key.key_id)
+            updated = replace(
+                state.endpoints[name],
+                certificate=facts,
+                key_id=key.key_id,
+                chain_pem=chain,
+                key=key,
+            )
             return replace(state, endpoints={**state.endpoints, name: updated})
         case CertRemoved(endpoint=name) | EndpointDestroyed(endpoint=name):
             return replace(

@@ -32,11 +32,6 @@ from events.endpoint import (
 from events.projection import SkipProjection
 from events.replies import (
     Accepted,
-    AppSummary,
-    AppsView,
-    AppView,
-    DomainView,
-    EndpointView,
     Rejected,
 )
 from services.domain import app as app_aggregate
@@ -406,44 +401,3 @@ class CommandHandler:
                 f"The command id {command_id!r} is not a UUID: clients must send a fresh UUID per "
                 "command (and the same one when they retry it).",
             ) from e
-
-    # -- reads (until the projections of the next issue take over) --------------------------
-
-    async def app_view(self, app: str) -> AppView | Rejected:
-        _, state = await self._load(app_stream(app), refresh=True)
-        if not state.exists:
-            return rejected_reply(
-                RejectedError(
-                    "app_not_found",
-                    f"There is no app named {app}: check the name (`certplane apps`).",
-                    app=app,
-                )
-            )
-        return AppView(
-            app=app,
-            domains=[
-                DomainView(hostname=d.hostname, endpoint=d.endpoint, dns_verified=d.dns_verified)
-                for d in sorted(state.domains.values(), key=lambda d: d.hostname)
-            ],
-            endpoints=[
-                EndpointView(
-                    name=e.name,
-                    endpoint_type=e.endpoint_type,
-                    certificate=e.certificate,
-                    domains=state.served_by(e.name),
-                )
-                for e in state.endpoints.values()
-            ],
-        )
-
-    async def apps_view(self) -> AppsView:
-        apps = []
-        for stream in await self._log.stream_ids(APP):
-            _, state = await self._load(stream, refresh=True)
-            if state.exists:
-                apps.append(
-                    AppSummary(
-                        name=state.name, domains=len(state.domains), endpoints=len(state.endpoints)
-                    )
-                )
-        return AppsView(apps=apps)

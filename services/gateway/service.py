@@ -12,7 +12,7 @@ import nats
 from nats.aio.msg import Msg
 
 from events.codec import COMMAND_DECODER, encode
-from events.replies import GatewayKey, Rejected
+from events.replies import GatewayKey, QueryParams, Rejected
 from events.union import tag_of
 from services.config import Settings
 from services.domain.errors import Rejected as RejectedError
@@ -20,12 +20,14 @@ from services.domain.x509_bundle import TrustStore
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
+from services.gateway.queries import ReadModels
 from services.storage.database import service_pool
 from services.storage.event_log import PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
 from services.telemetry import PROPAGATOR, current_traceparent, new_traceparent, tracer
 
 log = logging.getLogger("certplane.gateway")
+_PARAMS = msgspec.json.Decoder(QueryParams)
 
 
 async def connect_nats(url: str, name: str, **kwargs: Any) -> nats.NATS:
@@ -66,6 +68,7 @@ class Gateway:
         self.event_log = PostgresEventLog(self.pool, url=s.database_url)
         self.committer = await self._stack.enter_async_context(GroupCommitter(self.event_log))
         self.handler = CommandHandler(self.event_log, self.committer, self.custody)
+        self.read_models = ReadModels(self.pool)
         self.nc = await connect_nats(s.nats_url, "certplane-gateway")
         await self.nc.subscribe(
             self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command
@@ -169,16 +172,27 @@ class Gateway:
         parts = msg.subject[len(self.settings.prefix) + 1 :].split(".")
         app, view = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
         try:
+            params = _PARAMS.decode(msg.data) if msg.data else QueryParams()
             if app == NON_APP and view == "apps":
-                reply: Any = await self.handler.apps_view()
+                reply: Any = await self.read_models.apps()
             elif app == NON_APP and view == "gateway-key":
                 reply = GatewayKey(key_id=self.custody.key_id, public_key=self.custody.public_key)
+            elif app == NON_APP and view == "checkpoints":
+                reply = await self.read_models.checkpoints()
+            elif app == NON_APP and view == "projections":
+                reply = await self.read_models.projections()
             elif view == "app":
-                reply = await self.handler.app_view(app)
+                reply = await self.read_models.app(app)
+            elif view == "audit":
+                reply = await self.read_models.audit(app, params)
             else:
                 reply = Rejected(
                     code="unknown_query", message=f"There is no query {msg.subject!r}."
                 )
+        except msgspec.DecodeError as e:
+            reply = Rejected(
+                code="bad_query", message=f"The query parameters could not be read: {e}."
+            )
         except Exception:
             log.exception("query %s failed", msg.subject)
             reply = Rejected(

@@ -53,7 +53,11 @@ async def ensure_database(url: str) -> list[str]:
             await admin.close()
         conn = await connect(url)
     try:
-        return await migrate(conn)
+        applied = await migrate(conn)
+        # Projectors create a schema per projection generation. A database grant is not
+        # carried by CREATE DATABASE ... TEMPLATE or a restore, so it is (re)applied here.
+        await conn.execute(f'grant create on database "{name}" to certplane_service')
+        return applied
     finally:
         await conn.close()
 

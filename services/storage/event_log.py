@@ -95,13 +95,13 @@ class EventLog(Protocol):
     async def read_command(self, command_id: str) -> list[StoredEvent]: ...
 
 
-_COLUMNS = (
+STORED_COLUMNS = (
     "position, stream_id, stream_version, event_id::text, command_id::text, command_index,"
     " type, schema_version, data::text, metadata::text, recorded_at"
 )
 
 
-def _stored(row: asyncpg.Record) -> StoredEvent:
+def stored_event(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
         position=row[0],
         stream_id=row[1],
@@ -177,27 +177,27 @@ class PostgresEventLog:
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = await self._pool.fetch(
-            f"select {_COLUMNS} from events where stream_id = $1 and stream_version > $2"
+            f"select {STORED_COLUMNS} from events where stream_id = $1 and stream_version > $2"
             " order by stream_version",
             stream_id,
             after_version,
         )
-        return [_stored(r) for r in rows]
+        return [stored_event(r) for r in rows]
 
     async def read_command(self, command_id: str) -> list[StoredEvent]:
         rows = await self._pool.fetch(
-            f"select {_COLUMNS} from events where command_id = $1::uuid order by command_index",
+            f"select {STORED_COLUMNS} from events where command_id = $1::uuid order by command_index",
             command_id,
         )
-        return [_stored(r) for r in rows]
+        return [stored_event(r) for r in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         rows = await self._pool.fetch(
-            f"select {_COLUMNS} from events where position > $1 order by position limit $2",
+            f"select {STORED_COLUMNS} from events where position > $1 order by position limit $2",
             after_position,
             limit,
         )
-        return [_stored(r) for r in rows]
+        return [stored_event(r) for r in rows]
 
     async def stream_ids(self, category: str) -> list[str]:
         rows = await self._pool.fetch(

@@ -18,6 +18,17 @@ from services.config import Settings
 from tests.conftest import REPO, env_for
 
 
+_STARTED: list[ServiceProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """Whatever a test started is stopped, even when the test failed half-way."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
 class ServiceProcess:
     """A `certplane <service>` child process with its output kept in a file."""
 
@@ -34,6 +45,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
             )
+        _STARTED.append(self)
         return self
 
     def kill(self) -> None:
@@ -83,6 +95,26 @@ def gateway_process(settings: Settings, tmp_path: Path) -> Iterator[ServiceProce
     wait_for_gateway(settings)
     yield service
     service.stop()
+
+
+@pytest.fixture
+def projector_process(
+    settings: Settings, tmp_path: Path, gateway_process: ServiceProcess
+) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(settings, ["projector"], tmp_path / "projector.log").start()
+    yield service
+    service.stop()
+    asyncio.run(_delete_bucket(settings))
+
+
+async def _delete_bucket(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        await nc.jetstream().delete_key_value(settings.router_bucket)
+    except Exception:
+        pass
+    finally:
+        await nc.close()
 
 
 @pytest.fixture

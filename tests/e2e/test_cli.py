@@ -18,12 +18,13 @@ def ok(settings, *args: str):
     return result
 
 
-def test_a_whole_session_reads_like_heroku(settings, gateway_process, files) -> None:
+def test_a_whole_session_reads_like_heroku(settings, projector_process, files) -> None:
     assert "Creating ⬢ shop... done" in ok(settings, "apps:create", "shop").stdout
-    assert (
-        "Adding www.example.com to ⬢ shop... done"
-        in ok(settings, "domains:add", "www.example.com", "-a", "shop").stdout
-    )
+    added_domain = ok(settings, "domains:add", "www.example.com", "-a", "shop")
+    assert "Adding www.example.com to ⬢ shop... done" in added_domain.stdout
+    assert "Configure your app's DNS provider to point to the DNS Target" in added_domain.stderr
+    target = added_domain.stderr.splitlines()[1].split()[-1]
+    assert target.endswith("." + settings.dns_zone)
     added = ok(
         settings,
         "certs:add",
@@ -34,6 +35,7 @@ def test_a_whole_session_reads_like_heroku(settings, gateway_process, files) -> 
         "shop",
     ).stdout
     assert "Adding SSL to ⬢ shop... done" in added
+    assert f"www.example.com now served by {target}" in added
     assert "Common Name(s): www.example.com, *.example.com" in added
     assert "SSL certificate is verified by a root authority." in added
 
@@ -53,7 +55,11 @@ def test_a_whole_session_reads_like_heroku(settings, gateway_process, files) -> 
     info = ok(settings, "certs:info", "-a", "shop").stdout
     assert f"Fetching SSL certificate {endpoint['name']} info for ⬢ shop... done" in info
     domains = ok(settings, "domains", "-a", "shop").stdout
-    assert "www.example.com" in domains and endpoint["name"] in domains
+    assert "www.example.com" in domains and endpoint["name"] in domains and target in domains
+    info = ok(settings, "domains:info", "www.example.com", "-a", "shop").stdout
+    assert f"DNS Target:      {target}" in info
+    log = ok(settings, "audit:log", "-a", "shop").stdout
+    assert "certificate added" in log and "domain added" in log
 
     refused = run_cli(settings, "certs:update", str(files["crt"]), str(files["key"]), "-a", "shop")
     assert refused.returncode == 1 and "--confirm shop" in refused.stderr
@@ -99,7 +105,7 @@ def test_refusals_exit_1_and_say_what_to_do(
     assert result.returncode == 1 and "apps:create nope" in result.stderr
 
 
-def test_der_crlf_and_unicode_input(settings, gateway_process, ca: DevCA, tmp_path: Path) -> None:
+def test_der_crlf_and_unicode_input(settings, projector_process, ca: DevCA, tmp_path: Path) -> None:
     ok(settings, "apps:create", "shop")
     ok(settings, "domains:add", "bücher.example.com", "-a", "shop")
     leaf = ca.leaf("xn--bcher-kva.example.com")

@@ -70,6 +70,9 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
         CERTPLANE_TRACE_SAMPLE="1",
     ).start()
     await asyncio.to_thread(wait_for_gateway, settings)
+    projector = ServiceProcess(
+        settings, ["projector"], tmp_path / "projector.log", CERTPLANE_LOG_LEVEL="DEBUG"
+    ).start()
     outputs: list[str] = []
 
     def cli(*args: str, code: int = 0) -> None:
@@ -99,23 +102,34 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     await asyncio.to_thread(cli, "certs:info", "-a", "shop", "--json")
     await asyncio.to_thread(cli, "certs", "-a", "shop")
     await asyncio.to_thread(cli, "certs:remove", "-a", "shop", "--confirm", "shop", "--json")
+    await asyncio.to_thread(cli, "domains:add", "api.example.com", "-a", "shop")
+    await asyncio.to_thread(
+        cli, "certs:add", str(d / "chain"), str(d / "crt"), str(d / "key"), "-a", "shop"
+    )
+    kv = await spy.jetstream().key_value(settings.router_bucket)
+    kv_values = b"\n".join([(await kv.get(k)).value for k in await kv.keys()])
+    assert b"chain_pem" in kv_values  # routers really got config, with keys sealed to them
     await spy.flush()
     await asyncio.sleep(0.2)
+    await spy.jetstream().delete_key_value(settings.router_bucket)
     await spy.close()
     assert gateway.stop() == 0
-    log_text = gateway.output
+    assert projector.stop() == 0
+    log_text = gateway.output + projector.output
     assert (
         "certplane.gateway" in log_text and '"trace_id"' in log_text
     )  # logs and spans were really captured
 
     conn = await asyncpg.connect(settings.database_url)
-    tables = [
-        r[0]
-        for r in await conn.fetch("select tablename from pg_tables where schemaname = 'public'")
-    ]
+    tables = await conn.fetch(
+        "select schemaname, tablename from pg_tables"
+        " where schemaname not in ('pg_catalog', 'information_schema')"
+    )
+    assert any(r[0] == "router_config_g1" for r in tables)  # projections are searched too
     rows = []
-    for table in tables:
-        rows += [str(r[0]).encode() for r in await conn.fetch(f'select t::text from "{table}" t')]
+    for schema, table in tables:
+        query = f'select t::text from "{schema}"."{table}" t'
+        rows += [str(r[0]).encode() for r in await conn.fetch(query)]
     stored = b"\n".join(rows)
     await conn.close()
     assert b"cert.added" in stored and len(bus) > 10  # the haystacks are the real ones
@@ -124,4 +138,5 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     assert leaks(log_text.encode(), keys) == 0, "a private key reached a log line or a span"
     assert leaks(b"\n".join(bus), keys) == 0, "a private key crossed NATS in clear"
     assert leaks(stored, keys) == 0, "a private key is stored in clear"
+    assert leaks(kv_values, keys) == 0, "a private key reached ROUTER_CONFIG in clear"
     assert leaks(first.key_pem + second.key_pem, keys) > 0  # and the search does find a key

@@ -28,6 +28,7 @@ from services.cli.client import ControlPlane
 from services.devcerts import DevCA, key_pem, new_key
 from services.domain.key_envelope import DataKey, MasterKey
 from services.gateway.service import Gateway
+from tests.conftest import projected
 from tests.integration.helpers import add_cert, count_events, fetch, update_cert
 
 NOW = dt.datetime.now(dt.UTC)
@@ -42,7 +43,9 @@ def leaf(ca: DevCA):
     return ca.leaf("www.example.com", "api.example.com")
 
 
-async def test_every_command_happy_path(cp: ControlPlane, ca: DevCA, leaf, db_url: str) -> None:
+async def test_every_command_happy_path(
+    cp: ControlPlane, ca: DevCA, leaf, db_url: str, projectors
+) -> None:
     created = await cp.command(CreateApp(app="shop"))
     assert isinstance(created, Accepted) and (
         created.stream,
@@ -59,6 +62,7 @@ async def test_every_command_happy_path(cp: ControlPlane, ca: DevCA, leaf, db_ur
     [event] = cert.events
     assert isinstance(event, CertAdded) and event.domains == ["www.example.com"]
     assert event.certificate.trusted and event.chain_pem.startswith(leaf.cert_pem.decode())
+    await projected(cp, cert.position)
     view = await cp.query("shop", "app")
     assert isinstance(view, AppView)
     assert [(d.hostname, d.endpoint, d.dns_verified) for d in view.domains] == [
@@ -71,6 +75,7 @@ async def test_every_command_happy_path(cp: ControlPlane, ca: DevCA, leaf, db_ur
         cp, "shop", [newer.cert_pem, ca.intermediate.cert_pem], newer.key_pem
     )
     assert isinstance(updated, Accepted), updated
+    await projected(cp, updated.position)
     view = await cp.query("shop", "app")
     assert (
         view.endpoints[0].certificate.chain_fingerprints[0] != event.certificate.fingerprint_sha256
@@ -93,7 +98,9 @@ async def test_every_command_happy_path(cp: ControlPlane, ca: DevCA, leaf, db_ur
     )
     apps = await cp.query(None, "apps")
     assert isinstance(apps, AppsView) and [a.name for a in apps.apps] == ["shop"]
-    assert isinstance(await cp.command(DestroyApp(app="shop")), Accepted)
+    destroyed = await cp.command(DestroyApp(app="shop"))
+    assert isinstance(destroyed, Accepted)
+    await projected(cp, destroyed.position)
     apps = await cp.query(None, "apps")
     assert apps.apps == []
     # The hostname is free again, for another app.
@@ -273,12 +280,12 @@ async def test_removing_a_cert_shreds_its_key(cp, ca, settings, db_url) -> None:
     assert (await stored_key()) == encrypted  # the ciphertext itself stays in the log
 
 
-async def test_group_commit_batches_concurrent_commands(cp, gateway) -> None:
+async def test_concurrent_commands_get_dense_positions(cp, gateway) -> None:
     apps = [f"app-{i:03d}" for i in range(200)]
     replies = await asyncio.gather(*(cp.command(CreateApp(app=a)) for a in apps))
     assert all(isinstance(r, Accepted) for r in replies)
     assert sorted(r.position for r in replies) == list(range(1, 201))
-    assert gateway.committer.batches < gateway.committer.requests
+    assert gateway.committer.requests == 200
 
 
 async def test_a_second_gateway_in_the_queue_group_shares_the_load(cp, settings, gateway) -> None:
@@ -288,7 +295,9 @@ async def test_a_second_gateway_in_the_queue_group_shares_the_load(cp, settings,
         assert second.committer.requests + gateway.committer.requests == 300
 
 
-async def test_stale_caches_in_two_gateways_resolve_by_version_check(cp, settings, gateway) -> None:
+async def test_stale_caches_in_two_gateways_resolve_by_version_check(
+    cp, settings, gateway, projectors
+) -> None:
     async with Gateway(settings) as _second:
         await cp.command(CreateApp(app="shop"))
         replies = await asyncio.gather(

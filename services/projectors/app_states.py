@@ -1,0 +1,57 @@
+"""Folded app states for projections, reusing the aggregate's own `evolve`.
+
+Projections that show an app (its domains, endpoints, what routers serve) fold the app's
+stream with exactly the function the gateway decides with, so the read side can never
+disagree with the write side about what an event means.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import asyncpg
+
+from services.domain import app as app_aggregate
+from services.domain.app import AppState
+from services.domain.streams import APP, app_stream, category
+from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
+
+
+def app_of(event: StoredEvent) -> str | None:
+    """The app an event of an app stream belongs to."""
+    if category(event.stream_id) != APP:
+        return None
+    return event.stream_id.partition("-")[2]
+
+
+class AppStates:
+    """A bounded cache of app states as of the projection's checkpoint."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._states: OrderedDict[str, AppState] = OrderedDict()
+        self._max = max_entries
+
+    def reset(self) -> None:
+        self._states.clear()
+
+    async def get(self, conn: asyncpg.Connection, app: str, upto: int) -> AppState:
+        """The app's state after every event at or below position `upto`."""
+        state = self._states.get(app)
+        if state is None:
+            rows = await conn.fetch(
+                f"select {STORED_COLUMNS} from events where stream_id = $1 and position <= $2"
+                " order by stream_version",
+                app_stream(app),
+                upto,
+            )
+            state = AppState(name=app)
+            for row in rows:
+                state = app_aggregate.evolve(state, stored_event(row).event)  # type: ignore[arg-type]
+        self.put(app, state)
+        return state
+
+    def put(self, app: str, state: AppState) -> None:
+        self._states[app] = state
+        self._states.move_to_end(app)
+        while len(self._states) > self._max:
+            self._states.popitem(last=False)

@@ -1,0 +1,105 @@
+"""The `audit` projection: one readable row per event — never key material."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from events.app import AppCreated, AppDestroyed
+from events.domain import (
+    DnsVerified,
+    DomainAdded,
+    DomainRemoved,
+    HostnameClaimed,
+    HostnameReleased,
+)
+from events.endpoint import CertAdded, CertRemoved, CertUpdated, EndpointDestroyed
+from events.projection import ProjectionSkipped
+from events.union import tag_of
+from services.storage.event_log import StoredEvent
+
+
+def describe(event: object) -> tuple[str, str, str]:
+    """(app, object, summary) of an event, for people. Facts only, no key material."""
+    match event:
+        case AppCreated(app=app):
+            return app, app, "app created"
+        case AppDestroyed(app=app, shredded_key_ids=keys):
+            return app, app, f"app destroyed; {len(keys)} private key(s) crypto-shredded"
+        case DomainAdded(app=app, hostname=host, endpoint=endpoint):
+            return app, host, f"domain added{f', served by {endpoint}' if endpoint else ''}"
+        case DomainRemoved(app=app, hostname=host):
+            return app, host, "domain removed"
+        case DnsVerified(app=app, hostname=host, verified=ok, detail=detail):
+            return (
+                app,
+                host,
+                f"DNS {'verified' if ok else 'not verified'}{f': {detail}' if detail else ''}",
+            )
+        case HostnameClaimed(app=app, hostname=host):
+            return app, host, "hostname claimed"
+        case HostnameReleased(app=app, hostname=host):
+            return app, host, "hostname released"
+        case CertAdded(app=app, endpoint=name, endpoint_type=kind, certificate=c, domains=domains):
+            served = f", serving {', '.join(domains)}" if domains else ""
+            return (
+                app,
+                name,
+                (
+                    f"{kind.value} certificate added: {c.subject} issued by {c.issuer}, "
+                    f"expires {c.not_after:%Y-%m-%d}, SHA-256 {c.fingerprint_sha256[:16]}…{served}"
+                ),
+            )
+        case CertUpdated(app=app, endpoint=name, certificate=c):
+            return (
+                app,
+                name,
+                (
+                    f"certificate updated: {c.subject}, expires {c.not_after:%Y-%m-%d}, "
+                    f"SHA-256 {c.fingerprint_sha256[:16]}…; previous private key crypto-shredded"
+                ),
+            )
+        case CertRemoved(app=app, endpoint=name):
+            return app, name, "certificate removed; private key crypto-shredded"
+        case EndpointDestroyed(app=app, endpoint=name):
+            return app, name, "endpoint destroyed; private key crypto-shredded"
+        case ProjectionSkipped(projection=name, position=position, event_type=kind, reason=reason):
+            return "", name, f"projection {name} skipped position {position} ({kind}): {reason}"
+    return "", "", type(event).__name__
+
+
+def trace_id(traceparent: str) -> str:
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else ""
+
+
+class AuditProjection:
+    name = "audit"
+    tables = ("audit_log",)
+
+    def reset(self) -> None:
+        return None
+
+    def ddl(self, schema: str) -> list[str]:
+        return [
+            f'create table "{schema}".audit_log (position bigint primary key,'
+            " recorded_at timestamptz not null, app text not null, actor text not null,"
+            " action text not null, object text not null, summary text not null,"
+            " command_id uuid not null, trace_id text not null)",
+            f'create index on "{schema}".audit_log (app, recorded_at)',
+        ]
+
+    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+        rows = []
+        for e in events:
+            app, obj, summary = describe(e.event)
+            rows.append(
+                (e.position, e.recorded_at, app, e.metadata.actor, tag_of(type(e.event)), obj,
+                 summary, e.command_id, trace_id(e.metadata.traceparent))
+            )  # fmt: skip
+        await conn.copy_records_to_table("audit_log", records=rows, schema_name=schema)
+
+    async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
+        return None
+
+    async def reconcile(self, conn: asyncpg.Connection, schema: str) -> None:
+        return None

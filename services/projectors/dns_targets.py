@@ -1,0 +1,90 @@
+"""The `dns_targets` projection: the name each custom domain is CNAMEd to.
+
+Targets derive from the DomainAdded event's id (`services.domain.dns_target`), re-drawn on a
+collision with any target allocated at that point of the log, so a rebuild from position 0
+allocates exactly the same names whatever the batch boundaries were.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from events.app import AppDestroyed
+from events.domain import DomainAdded, DomainRemoved
+from services.domain.dns_target import MAX_DRAWS, dns_target
+from services.storage.event_log import StoredEvent
+
+
+class DnsTargetsProjection:
+    name = "dns_targets"
+    tables = ("dns_targets",)
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+
+    def reset(self) -> None:
+        return None
+
+    def ddl(self, schema: str) -> list[str]:
+        return [
+            f'create table "{schema}".dns_targets (hostname text primary key, app text not null,'
+            " target text not null unique, position bigint not null)",
+            f'create index on "{schema}".dns_targets (app)',
+        ]
+
+    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+        table = f'"{schema}".dns_targets'
+        pending: dict[str, tuple[str, str, int]] = {}  # hostname -> (app, target, position)
+        freed: set[str] = set()  # targets deleted earlier in this batch
+        deleted_hosts: set[str] = set()
+
+        async def taken(target: str) -> bool:
+            if any(t == target for _, t, _ in pending.values()):
+                return True
+            if target in freed:
+                return False
+            return bool(await conn.fetchval(f"select 1 from {table} where target = $1", target))
+
+        for stored in events:
+            match stored.event:
+                case DomainAdded(app=app, hostname=host):
+                    for attempt in range(MAX_DRAWS):
+                        target = dns_target(stored.event_id, attempt, self.zone)
+                        if not await taken(target):
+                            break
+                    else:
+                        raise RuntimeError(f"no free DNS target for {host} after {MAX_DRAWS} draws")
+                    pending[host] = (app, target, stored.position)
+                case DomainRemoved(hostname=host):
+                    if host in pending:
+                        freed.add(pending.pop(host)[1])
+                    else:
+                        target = await conn.fetchval(
+                            f"select target from {table} where hostname = $1", host
+                        )
+                        if target is not None and host not in deleted_hosts:
+                            freed.add(target)
+                        deleted_hosts.add(host)
+                case AppDestroyed(app=app):
+                    for host in [h for h, (a, _, _) in pending.items() if a == app]:
+                        freed.add(pending.pop(host)[1])
+                    rows = await conn.fetch(
+                        f"select hostname, target from {table} where app = $1", app
+                    )
+                    for host, target in rows:
+                        if host not in deleted_hosts:
+                            freed.add(target)
+                            deleted_hosts.add(host)
+        if deleted_hosts:
+            await conn.execute(f"delete from {table} where hostname = any($1)", list(deleted_hosts))
+        if pending:
+            await conn.executemany(
+                f"insert into {table} (hostname, app, target, position) values ($1, $2, $3, $4)",
+                [(h, a, t, p) for h, (a, t, p) in pending.items()],
+            )
+
+    async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
+        return None
+
+    async def reconcile(self, conn: asyncpg.Connection, schema: str) -> None:
+        return None

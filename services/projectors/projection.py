@@ -1,0 +1,42 @@
+"""What a projection is, to the machinery that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+
+from services.storage.event_log import StoredEvent
+
+
+class Projection(Protocol):
+    """A read model built from the log.
+
+    Contract:
+    - `ddl(schema)` creates its tables inside `schema` (one schema per generation);
+    - `apply` is called inside a transaction with a dense, ordered batch; it must only write
+      to its own tables, so that its writes and the checkpoint commit or roll back together.
+      It must be deterministic: a rebuild from position 0 gives identical rows. Raising marks
+      the batch as failed (the runner isolates the poison event and retries it);
+    - `after_commit` runs after the transaction committed (publishing to NATS); it must be
+      idempotent, and `reconcile` must repair anything it failed to do;
+    - `reconcile` runs when the projector takes the lead and periodically after.
+    """
+
+    name: str
+    tables: Sequence[str]
+
+    def ddl(self, schema: str) -> list[str]: ...
+
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
+    ) -> None: ...
+
+    async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None: ...
+
+    async def reconcile(self, conn: asyncpg.Connection, schema: str) -> None: ...
+
+    def reset(self) -> None:
+        """Forget in-memory state (caches), e.g. before a rebuild or after losing the lead."""
+        ...

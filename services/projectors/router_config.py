@@ -1,0 +1,216 @@
+"""The `router_config` projection: what every router must serve, per hostname.
+
+Rows are recomputed per event from the folded app state (`AppState.serving`), compared with
+the previous rows, and only differences are written; `position` is the event that last
+changed a row (its config version). After commit the changed hostnames are published to the
+JetStream KV bucket (ROUTER_CONFIG); `reconcile` compares the whole bucket with the table and
+repairs any difference, so a wiped or stale bucket heals. Private keys are decrypted here
+(with the data key, unwrapped by the master key) only to be sealed to the routers' key.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import msgspec
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from events.router import RouterConfigEntry, RouterKeySeal
+from services.domain import app as app_aggregate
+from services.domain.app import AppState, EndpointState
+from services.domain.key_envelope import DataKey, MasterKey, seal_for_router
+from services.projectors.app_states import AppStates, app_of
+from services.storage.event_log import StoredEvent
+from services.subjects import hostname_of_kv_key, kv_key
+
+log = logging.getLogger("certplane.projector.router_config")
+_SEAL = msgspec.json.Encoder()
+_SEAL_DECODER = msgspec.json.Decoder(RouterKeySeal)
+ENTRY_ENCODER = msgspec.json.Encoder()
+ENTRY_DECODER = msgspec.json.Decoder(RouterConfigEntry)
+
+Row = tuple[str, str, str, str, str, str | None, str, str]  # without position
+
+
+class RouterConfigProjection:
+    name = "router_config"
+    tables = ("router_config",)
+
+    def __init__(self, master: MasterKey, router_public: bytes, kv: KeyValue | None) -> None:
+        self.master = master
+        self.router_public = router_public
+        self.kv = kv
+        self.states = AppStates()
+        self._data_keys: dict[str, DataKey | None] = {}
+        self._dirty: set[str] = set()
+        self._needs_reconcile = False
+
+    def reset(self) -> None:
+        self.states.reset()
+        self._dirty.clear()
+
+    def ddl(self, schema: str) -> list[str]:
+        return [
+            f'create table "{schema}".router_config (hostname text primary key, app text not null,'
+            " endpoint text not null, endpoint_type text not null, chain_pem text not null,"
+            " fingerprint text not null, sealed_key jsonb, tls_policy text not null,"
+            " problem text not null, position bigint not null)",
+            f'create index on "{schema}".router_config (app)',
+        ]
+
+    async def _data_key(self, conn: asyncpg.Connection, key_id: str) -> DataKey | None:
+        if key_id not in self._data_keys:
+            wrapped = await conn.fetchval(
+                "select wrapped from data_keys where key_id = $1::uuid", key_id
+            )
+            self._data_keys[key_id] = (
+                DataKey.unwrap(key_id, bytes(wrapped), self.master) if wrapped is not None else None
+            )
+        return self._data_keys[key_id]
+
+    async def _row(self, conn: asyncpg.Connection, app: str, host: str, e: EndpointState) -> Row:
+        data_key = await self._data_key(conn, e.key_id) if e.key is not None else None
+        sealed: str | None = None
+        problem = ""
+        if data_key is None or e.key is None:
+            problem = "the private key was destroyed (crypto-shredded) or is missing"
+        else:
+            seal = seal_for_router(
+                data_key.decrypt(e.key),
+                self.router_public,
+                hostname=host,
+                derivation_secret=data_key.secret,
+            )
+            sealed = _SEAL.encode(seal).decode()
+        return (app, e.name, e.endpoint_type.value, e.chain_pem, e.certificate.fingerprint_sha256,
+                sealed, "modern", problem)  # fmt: skip
+
+    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+        table = f'"{schema}".router_config'
+        first = events[0].position
+        states: dict[str, AppState] = {}
+        rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
+        loaded: set[str] = set()
+        changed: set[str] = set()
+
+        for event in events:
+            app = app_of(event)
+            if app is None:
+                continue
+            if app not in states:
+                states[app] = await self.states.get(conn, app, first - 1)
+            if app not in loaded:
+                loaded.add(app)
+                for r in await conn.fetch(
+                    f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
+                    f" sealed_key::text, tls_policy, problem, position from {table} where app = $1",
+                    app,
+                ):
+                    rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
+            before = {h: e for h, e in states[app].serving().items()}
+            states[app] = app_aggregate.evolve(states[app], event.event)  # type: ignore[arg-type]
+            after = states[app].serving()
+            for host in set(before) | set(after):
+                current = rows.get(host)
+                if host not in after:
+                    if current is not None and current[0][0] == app:
+                        rows[host] = None
+                        changed.add(host)
+                    continue
+                row = await self._row(conn, app, host, after[host])
+                if current is None or current[0] != row:
+                    rows[host] = (row, event.position)
+                    changed.add(host)
+        for app, state in states.items():
+            self.states.put(app, state)
+        deleted = [h for h in changed if rows[h] is None]
+        if deleted:
+            await conn.execute(f"delete from {table} where hostname = any($1)", deleted)
+        upserts = [(h, *v[0], v[1]) for h in changed if (v := rows[h]) is not None]
+        if upserts:
+            await conn.executemany(
+                f"insert into {table} (hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
+                " sealed_key, tls_policy, problem, position) values ($1,$2,$3,$4,$5,$6,$7::jsonb,$8,$9,$10)"
+                " on conflict (hostname) do update set app = excluded.app, endpoint = excluded.endpoint,"
+                " endpoint_type = excluded.endpoint_type, chain_pem = excluded.chain_pem,"
+                " fingerprint = excluded.fingerprint, sealed_key = excluded.sealed_key,"
+                " tls_policy = excluded.tls_policy, problem = excluded.problem,"
+                " position = excluded.position",
+                upserts,
+            )
+        self._dirty |= changed
+
+    async def _entries(
+        self, conn: asyncpg.Connection, schema: str, hosts: list[str] | None
+    ) -> dict[str, bytes]:
+        query = (
+            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint, sealed_key::text,"
+            f' tls_policy, problem, position from "{schema}".router_config'
+        )
+        rows = await (
+            conn.fetch(query + " where hostname = any($1)", hosts)
+            if hosts is not None
+            else conn.fetch(query)
+        )
+        out = {}
+        for r in rows:
+            entry = RouterConfigEntry(
+                hostname=r[0], app=r[1], endpoint=r[2], endpoint_type=r[3], chain_pem=r[4],
+                fingerprint_sha256=r[5], key=_SEAL_DECODER.decode(r[6]) if r[6] else None,
+                tls_policy=r[7], problem=r[8], position=r[9],
+            )  # fmt: skip
+            out[r[0]] = ENTRY_ENCODER.encode(entry)
+        return out
+
+    async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
+        if not self._dirty or self.kv is None:
+            self._dirty.clear()
+            return
+        hosts = sorted(self._dirty)
+        self._dirty.clear()
+        entries = await self._entries(conn, schema, hosts)
+        try:
+            for host in hosts:
+                if host in entries:
+                    await self.kv.put(kv_key(host), entries[host])
+                else:
+                    await self.kv.delete(kv_key(host))
+        except Exception as e:  # the table is the truth; reconcile repairs the bucket
+            log.warning("publishing to the KV bucket failed (%s); will reconcile", e)
+            self._needs_reconcile = True
+
+    async def reconcile(self, conn: asyncpg.Connection, schema: str) -> None:
+        """Make the bucket equal the table: put what differs, delete what should not be there."""
+        if self.kv is None:
+            return
+        wanted = await self._entries(conn, schema, None)
+        try:
+            try:
+                present = [hostname_of_kv_key(k) for k in await self.kv.keys()]
+            except NoKeysError:
+                present = []
+            puts = deletes = 0
+            for host in present:
+                if host not in wanted:
+                    await self.kv.delete(kv_key(host))
+                    deletes += 1
+            for host, value in wanted.items():
+                try:
+                    current = (await self.kv.get(kv_key(host))).value
+                except KeyNotFoundError:
+                    current = None
+                if current != value:
+                    await self.kv.put(kv_key(host), value)
+                    puts += 1
+            self._needs_reconcile = False
+            if puts or deletes:
+                log.info("reconciled the KV bucket: %d put, %d deleted", puts, deletes)
+        except Exception as e:
+            log.warning("reconciling the KV bucket failed (%s); will retry", e)
+            self._needs_reconcile = True
+
+    @property
+    def needs_reconcile(self) -> bool:
+        return self._needs_reconcile

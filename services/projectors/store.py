@@ -1,0 +1,118 @@
+"""Projector bookkeeping in PostgreSQL: checkpoints, generations and views, dead letters, status."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from services.projectors.projection import Projection
+from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
+
+
+def generation_schema(name: str, generation: int) -> str:
+    return f"{name}_g{generation}"
+
+
+async def live_generation(conn: asyncpg.Connection, name: str) -> int:
+    """The generation the views point at (created as 1 on first use)."""
+    await conn.execute(
+        "insert into projector_checkpoints (name, generation) values ($1, 1) on conflict do nothing",
+        name,
+    )
+    return int(
+        await conn.fetchval("select generation from projector_checkpoints where name = $1", name)
+    )
+
+
+async def ensure_tables(conn: asyncpg.Connection, projection: Projection, generation: int) -> str:
+    """Create the generation's schema and tables if missing; returns the schema name."""
+    schema = generation_schema(projection.name, generation)
+    exists = await conn.fetchval("select 1 from pg_namespace where nspname = $1", schema)
+    if not exists:
+        async with conn.transaction():
+            await conn.execute(f'create schema "{schema}"')
+            for statement in projection.ddl(schema):
+                await conn.execute(statement)
+    return schema
+
+
+async def point_views(conn: asyncpg.Connection, projection: Projection, generation: int) -> None:
+    """Make `<name>.<table>` read from the generation (run inside the swap's transaction)."""
+    schema = generation_schema(projection.name, generation)
+    await conn.execute(f'create schema if not exists "{projection.name}"')
+    for table in projection.tables:
+        await conn.execute(
+            f'create or replace view "{projection.name}"."{table}" as select * from "{schema}"."{table}"'
+        )
+
+
+async def checkpoint(conn: asyncpg.Connection, name: str) -> int:
+    await conn.execute(
+        "insert into projector_checkpoints (name) values ($1) on conflict do nothing", name
+    )
+    return int(
+        await conn.fetchval("select position from projector_checkpoints where name = $1", name)
+    )
+
+
+async def advance(conn: asyncpg.Connection, name: str, old: int, new: int) -> bool:
+    """Move the checkpoint from `old` to `new`; False if someone else moved it (lost lead)."""
+    status = await conn.execute(
+        "update projector_checkpoints set position = $3, updated_at = now()"
+        " where name = $1 and position = $2",
+        name,
+        old,
+        new,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def read_after(conn: asyncpg.Connection, position: int, limit: int) -> list[StoredEvent]:
+    rows = await conn.fetch(
+        f"select {STORED_COLUMNS} from events where position > $1 order by position limit $2",
+        position,
+        limit,
+    )
+    return [stored_event(r) for r in rows]
+
+
+async def head(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("select position from log_head"))
+
+
+async def record_dead_letter(
+    conn: asyncpg.Connection, name: str, event: StoredEvent, error: str, attempts: int
+) -> None:
+    await conn.execute(
+        "insert into projector_dead_letters (name, position, event_type, error, attempts)"
+        " values ($1, $2, $3, $4, $5) on conflict (name, position) do update"
+        " set error = excluded.error, attempts = excluded.attempts, failed_at = now()",
+        name,
+        event.position,
+        type(event.event).__struct_config__.tag,  # type: ignore[attr-defined]
+        error[:2000],
+        attempts,
+    )
+
+
+async def skip_requested(conn: asyncpg.Connection, name: str, position: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            "select skipped_at is not null from projector_dead_letters where name = $1 and position = $2",
+            name,
+            position,
+        )
+    )
+
+
+async def set_status(
+    conn: asyncpg.Connection, name: str, instance: str, state: str, detail: str = ""
+) -> None:
+    await conn.execute(
+        "insert into projector_status (name, instance, state, detail, heartbeat_at)"
+        " values ($1, $2, $3, $4, now()) on conflict (name, instance) do update"
+        " set state = excluded.state, detail = excluded.detail, heartbeat_at = now()",
+        name,
+        instance,
+        state,
+        detail,
+    )
