@@ -17,7 +17,6 @@ import pytest
 from services.config import Settings
 from tests.conftest import REPO, env_for
 
-
 _STARTED: list[ServiceProcess] = []
 
 
