@@ -106,6 +106,13 @@ class AuditView(Reply, tag="view.audit"):
     entries: list[AuditEntry]
 
 
+class RebuildStarted(Reply, tag="ops.rebuild_started"):
+    """The leading projector of `projection` is rebuilding it from position 0."""
+
+    projection: str
+    instance: str
+
+
 class QueryParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Optional body of a query request."""
 
@@ -116,4 +123,13 @@ class QueryParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 CommandReply = Accepted | Rejected
-QueryReply = AppsView | AppView | GatewayKey | Checkpoints | ProjectionsView | AuditView | Rejected
+QueryReply = (
+    AppsView
+    | AppView
+    | GatewayKey
+    | Checkpoints
+    | ProjectionsView
+    | AuditView
+    | RebuildStarted
+    | Rejected
+)

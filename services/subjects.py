@@ -28,6 +28,10 @@ class Subjects:
     def all_queries(self) -> str:
         return f"{self.prefix}.query.>"
 
+    def rebuild(self, projection: str) -> str:
+        """Answered by the instance leading `projection` (standbys stay silent)."""
+        return f"{self.prefix}.ops.projections.{projection}.rebuild"
+
 
 GATEWAY_QUEUE = "gateway"
 

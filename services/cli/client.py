@@ -125,6 +125,14 @@ class ControlPlane:
         raw = await self._request(self.subjects.query(app or NON_APP, view), body)
         return QUERY_REPLY_DECODER.decode(raw)
 
+    async def raw_request(self, subject: str, payload: bytes = b"", wait: float = 3.0) -> bytes:
+        """One request, no retries (for operator requests answered by a single leader)."""
+        try:
+            msg = await self._nc.request(subject, payload, timeout=wait)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as e:
+            raise Unavailable(f"nothing answered on {subject}", url=self.url) from e
+        return bytes(msg.data)
+
     async def gateway_key(self) -> GatewayKey:
         reply = await self.query(None, "gateway-key")
         assert isinstance(reply, GatewayKey)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from events.app import CreateApp, DestroyApp
+from events.codec import QUERY_REPLY_DECODER
 from events.domain import AddDomain, RemoveDomain
 from events.endpoint import AddCert, EndpointType, RemoveCert, UpdateCert
 from events.projection import SkipProjection
@@ -475,6 +476,28 @@ async def projections_skip(args: argparse.Namespace) -> None:
         print(f"Recorded in the log at position {reply.position}; the projector moves on.")
 
 
+async def projections_rebuild(args: argparse.Namespace) -> None:
+    from services.subjects import Subjects
+
+    async with _control_plane() as cp:
+        try:
+            raw = await cp.raw_request(Subjects(cp.subjects.prefix).rebuild(args.name))
+        except Unavailable as e:
+            _fail(
+                EXIT_UNREACHABLE,
+                f"No projector is leading {args.name}, so nothing can rebuild it ({e}): start "
+                "`certplane projector`, and check the name with `certplane projections`.",
+            )
+    reply = QUERY_REPLY_DECODER.decode(raw)
+    if args.json:
+        output.print_json(reply)
+    else:
+        print(
+            f"Rebuilding {args.name} from position 0 into a new generation (projector {reply.instance});"
+            " readers keep the current one until the swap. Follow it with `certplane projections`."
+        )
+
+
 def _when(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -636,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("position", metavar="POSITION", type=int)
     p.add_argument("--reason", required=True, help="why it may be skipped (kept in the audit log)")
+    p = _add(
+        sub,
+        "projections:rebuild",
+        projections_rebuild,
+        "rebuild a projection from position 0",
+        app=False,
+    )
+    p.add_argument("name", metavar="NAME")
     p = _add(sub, "audit:log", audit_log, "what happened to an app, when, and who did it")
     p.add_argument("--since", help="ISO 8601 time")
     p.add_argument("--until", help="ISO 8601 time")

@@ -55,7 +55,7 @@ class RouterConfigProjection:
         return [
             f'create table "{schema}".router_config (hostname text primary key, app text not null,'
             " endpoint text not null, endpoint_type text not null, chain_pem text not null,"
-            " fingerprint text not null, sealed_key jsonb, tls_policy text not null,"
+            " fingerprint text not null, sealed_key text, tls_policy text not null,"
             " problem text not null, position bigint not null)",
             f'create index on "{schema}".router_config (app)',
         ]
@@ -105,7 +105,7 @@ class RouterConfigProjection:
                 loaded.add(app)
                 for r in await conn.fetch(
                     f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-                    f" sealed_key::text, tls_policy, problem, position from {table} where app = $1",
+                    f" sealed_key, tls_policy, problem, position from {table} where app = $1",
                     app,
                 ):
                     rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
@@ -132,7 +132,7 @@ class RouterConfigProjection:
         if upserts:
             await conn.executemany(
                 f"insert into {table} (hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-                " sealed_key, tls_policy, problem, position) values ($1,$2,$3,$4,$5,$6,$7::jsonb,$8,$9,$10)"
+                " sealed_key, tls_policy, problem, position) values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
                 " on conflict (hostname) do update set app = excluded.app, endpoint = excluded.endpoint,"
                 " endpoint_type = excluded.endpoint_type, chain_pem = excluded.chain_pem,"
                 " fingerprint = excluded.fingerprint, sealed_key = excluded.sealed_key,"

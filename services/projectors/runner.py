@@ -42,6 +42,7 @@ class State(enum.Enum):
     STANDBY = "standby"
     RUNNING = "running"
     STOPPED = "stopped"  # on a dead letter, until skipped
+    REBUILDING = "rebuilding"
     FAILED = "failed"  # a gap or a lost lead: needs attention
 
 
@@ -76,11 +77,20 @@ class ProjectorRunner:
         self.position = 0
         self.applied = 0
         self._wake = asyncio.Event()
+        self._rebuild = asyncio.Event()
         self._metrics = projector_metrics(projection.name)
 
     @property
     def name(self) -> str:
         return self.projection.name
+
+    def request_rebuild(self) -> bool:
+        """Ask the leader to rebuild from position 0; False when this instance does not lead."""
+        if self.state is not State.RUNNING:
+            return False
+        self._rebuild.set()
+        self._wake.set()
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop`; reconnects and re-elects after a lost connection."""
@@ -91,6 +101,10 @@ class ProjectorRunner:
                 log.warning("%s: connection lost (%s); reconnecting", self.name, e)
             except (GapError, LostLead) as e:
                 log.error("%s: %s", self.name, e)
+            except Exception:  # a bug or a privilege problem: say so, back off, try again
+                log.exception("%s: projector failed; restarting it in 5s", self.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 4.0)
             self.projection.reset()
             self.state = State.STANDBY
             with contextlib.suppress(TimeoutError):
@@ -130,6 +144,10 @@ class ProjectorRunner:
         await store.set_status(conn, self.name, self.instance, State.RUNNING.value)
         while not stop.is_set():
             self._wake.clear()
+            if self._rebuild.is_set():
+                self._rebuild.clear()
+                schema = await self._rebuild_generation(conn, schema)
+                continue
             caught_up = await self._step(conn, schema, stop)
             now = time.monotonic()
             if now - last_status > 2.0:
@@ -158,25 +176,112 @@ class ProjectorRunner:
 
     async def _step(self, conn: asyncpg.Connection, schema: str, stop: asyncio.Event) -> bool:
         """Apply the next batch; True when there was nothing to read."""
-        events = await store.read_after(conn, self.position, self.batch_size)
-        if not events:
+        rows = await store.read_after(conn, self.position, self.batch_size)
+        if not rows:
             return True
-        for offset, event in enumerate(events):
-            if event.position != self.position + 1 + offset:
+        for offset, row in enumerate(rows):
+            if row["position"] != self.position + 1 + offset:
                 raise GapError(
                     f"positions are not dense: expected {self.position + 1 + offset}, read "
-                    f"{event.position}; stopping rather than skipping"
+                    f"{row['position']}; stopping rather than skipping"
                 )
+        events: list[StoredEvent] = []
+        undecodable: tuple[asyncpg.Record, str] | None = None
+        for row in rows:
+            try:
+                events.append(store.decode(row))
+            except Exception as e:  # an event this code cannot read is a poison event
+                undecodable = (row, "".join(traceback.format_exception_only(e)).strip())
+                break
         started = time.perf_counter()
+        if events:
+            try:
+                await self._apply(conn, schema, events)
+            except LostLead:
+                raise
+            except Exception:
+                await self._isolate(conn, schema, events, stop)
+                return False
+            self._metrics.batch(len(events), time.perf_counter() - started)
+        if undecodable is not None:
+            row, error = undecodable
+            await self._dead_letter(
+                conn, row["position"], row["type"], f"cannot decode: {error}", stop
+            )
+        return False
+
+    async def _rebuild_generation(self, conn: asyncpg.Connection, live_schema: str) -> str:
+        """Rebuild from position 0 into the next generation, then swap the views atomically.
+
+        Readers keep reading the live generation until the swap; the live checkpoint waits
+        meanwhile. Nothing is published during the rebuild: after the swap, `reconcile`
+        compares the new rows with what was published and sends only differences.
+        """
+        live = await store.live_generation(conn, self.name)
+        generation = live + 1
+        scratch = f"{self.name}#g{generation}"
+        target = store.generation_schema(self.name, generation)
+        await conn.execute(f'drop schema if exists "{target}" cascade')  # a crashed attempt
+        await store.ensure_tables(conn, self.projection, generation)
+        await conn.execute(
+            "insert into projector_checkpoints (name, generation, position) values ($1, $2, 0)"
+            " on conflict (name) do update set position = 0, generation = $2",
+            scratch,
+            generation,
+        )
+        self.state = State.REBUILDING
+        detail = f"into generation {generation}"
+        await store.set_status(conn, self.name, self.instance, self.state.value, detail)
+        self.projection.reset()
+        position, started = 0, time.perf_counter()
         try:
-            await self._apply(conn, schema, events)
+            while True:
+                rows = await store.read_after(conn, position, self.batch_size)
+                if not rows:
+                    break
+                events = [store.decode(r) for r in rows]
+                async with conn.transaction():
+                    await self.projection.apply(conn, target, events)
+                    if not await store.advance(conn, scratch, position, events[-1].position):
+                        raise LostLead("the rebuild checkpoint moved under us")
+                position = events[-1].position
         except LostLead:
             raise
-        except Exception:
-            await self._isolate(conn, schema, events, stop)
-            return False
-        self._metrics.batch(len(events), time.perf_counter() - started)
-        return False
+        except Exception as e:
+            log.error(
+                "%s: rebuild failed at position %d (%s); keeping generation %d",
+                self.name, position + 1, e, live,
+            )  # fmt: skip
+            self.projection.reset()
+            await conn.execute(f'drop schema if exists "{target}" cascade')
+            await conn.execute("delete from projector_checkpoints where name = $1", scratch)
+            self.state = State.RUNNING
+            detail = f"rebuild failed: {e}"[:300]
+            await store.set_status(conn, self.name, self.instance, self.state.value, detail)
+            return live_schema
+        async with conn.transaction():
+            await store.point_views(conn, self.projection, generation)
+            await conn.execute(
+                "update projector_checkpoints set generation = $2, position = $3, updated_at = now()"
+                " where name = $1",
+                self.name,
+                generation,
+                position,
+            )
+            await conn.execute("delete from projector_checkpoints where name = $1", scratch)
+            await conn.execute(f'drop schema "{live_schema}" cascade')
+        seconds = time.perf_counter() - started
+        log.info(
+            "%s: rebuilt %d events into generation %d in %.1fs (%.0f events/s) and swapped",
+            self.name, position, generation, seconds, position / seconds if seconds else 0.0,
+        )  # fmt: skip
+        self.position = position
+        self.projection.reset()
+        self.state = State.RUNNING
+        detail = f"generation {generation}"
+        await store.set_status(conn, self.name, self.instance, self.state.value, detail)
+        await self.projection.reconcile(conn, target)
+        return target
 
     async def _apply(
         self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
@@ -214,36 +319,30 @@ class ProjectorRunner:
                     self.projection.reset()
                     error = "".join(traceback.format_exception_only(e)).strip()
             if error:
-                await self._dead_letter(conn, schema, event, error, stop)
+                kind = type(event.event).__struct_config__.tag  # type: ignore[attr-defined]
+                await self._dead_letter(conn, event.position, kind, error, stop)
                 return
 
     async def _dead_letter(
-        self,
-        conn: asyncpg.Connection,
-        schema: str,
-        event: StoredEvent,
-        error: str,
-        stop: asyncio.Event,
+        self, conn: asyncpg.Connection, position: int, kind: str, error: str, stop: asyncio.Event
     ) -> None:
+        """Record the poison event and stop — visibly — until an operator skips it."""
         attempts = len(RETRY_SCHEDULE_S) + 1
-        await store.record_dead_letter(conn, self.name, event, error, attempts)
+        await store.record_dead_letter(conn, self.name, position, kind, error, attempts)
         self.state = State.STOPPED
-        detail = f"dead letter at position {event.position}: {error[:200]}"
+        detail = f"dead letter at position {position} ({kind}): {error[:200]}"
         await store.set_status(conn, self.name, self.instance, self.state.value, detail)
-        log.error(
-            "%s: stopped on %s (skip it with `certplane projections:skip`)", self.name, detail
-        )
+        log.error("%s: stopped on %s (see `certplane projections:skip`)", self.name, detail)
         while not stop.is_set():
-            if await store.skip_requested(conn, self.name, event.position):
+            if await store.skip_requested(conn, self.name, position):
                 async with conn.transaction():
-                    if not await store.advance(conn, self.name, event.position - 1, event.position):
+                    if not await store.advance(conn, self.name, position - 1, position):
                         raise LostLead("the checkpoint moved while stopped on a dead letter")
-                self.position = event.position
+                self.position = position
                 self.state = State.RUNNING
                 await store.set_status(conn, self.name, self.instance, self.state.value)
-                log.warning(
-                    "%s: skipped position %d by operator request", self.name, event.position
-                )
+                log.warning("%s: skipped position %d by operator request", self.name, position)
                 return
+            await store.set_status(conn, self.name, self.instance, self.state.value, detail)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)

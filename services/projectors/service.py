@@ -12,6 +12,8 @@ import nats
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nats.js.errors import BucketNotFoundError
 
+from events.codec import encode
+from events.replies import RebuildStarted
 from services.config import Settings
 from services.domain.key_envelope import public_bytes
 from services.gateway.key_custody import load_master_key
@@ -22,6 +24,7 @@ from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.projection import Projection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
+from services.subjects import Subjects
 
 log = logging.getLogger("certplane.projector")
 
@@ -62,6 +65,16 @@ async def router_bucket(nc: nats.NATS, name: str):  # type: ignore[no-untyped-de
         )
 
 
+def _rebuild_handler(runner: ProjectorRunner):  # type: ignore[no-untyped-def]
+    async def handle(msg) -> None:  # type: ignore[no-untyped-def]
+        if runner.request_rebuild() and msg.reply:
+            await msg.respond(
+                encode(RebuildStarted(projection=runner.name, instance=runner.instance))
+            )
+
+    return handle
+
+
 def build(name: str, settings: Settings, kv: object) -> Projection:
     match name:
         case "certificates":
@@ -93,6 +106,9 @@ async def run_projectors(settings: Settings, names: list[str], stop: asyncio.Eve
             )
             for n in chosen
         ]
+        subjects = Subjects(settings.prefix)
+        for runner in runners:
+            await nc.subscribe(subjects.rebuild(runner.name), cb=_rebuild_handler(runner))
         log.info("projectors starting: %s", ", ".join(chosen))
         await asyncio.gather(*(r.run(stop) for r in runners))
     finally:

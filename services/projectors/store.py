@@ -66,13 +66,19 @@ async def advance(conn: asyncpg.Connection, name: str, old: int, new: int) -> bo
     return bool(status == "UPDATE 1")
 
 
-async def read_after(conn: asyncpg.Connection, position: int, limit: int) -> list[StoredEvent]:
-    rows = await conn.fetch(
-        f"select {STORED_COLUMNS} from events where position > $1 order by position limit $2",
-        position,
-        limit,
+async def read_after(conn: asyncpg.Connection, position: int, limit: int) -> list[asyncpg.Record]:
+    """Raw rows: decoding is the caller's, so an undecodable event is a poison event too."""
+    return list(
+        await conn.fetch(
+            f"select {STORED_COLUMNS} from events where position > $1 order by position limit $2",
+            position,
+            limit,
+        )
     )
-    return [stored_event(r) for r in rows]
+
+
+def decode(row: asyncpg.Record) -> StoredEvent:
+    return stored_event(row)
 
 
 async def head(conn: asyncpg.Connection) -> int:
@@ -80,15 +86,15 @@ async def head(conn: asyncpg.Connection) -> int:
 
 
 async def record_dead_letter(
-    conn: asyncpg.Connection, name: str, event: StoredEvent, error: str, attempts: int
+    conn: asyncpg.Connection, name: str, position: int, event_type: str, error: str, attempts: int
 ) -> None:
     await conn.execute(
         "insert into projector_dead_letters (name, position, event_type, error, attempts)"
         " values ($1, $2, $3, $4, $5) on conflict (name, position) do update"
         " set error = excluded.error, attempts = excluded.attempts, failed_at = now()",
         name,
-        event.position,
-        type(event.event).__struct_config__.tag,  # type: ignore[attr-defined]
+        position,
+        event_type,
         error[:2000],
         attempts,
     )

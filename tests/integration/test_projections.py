@@ -1,0 +1,253 @@
+"""The read side on real PostgreSQL and NATS: rebuilds, the KV bucket, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import asyncpg
+import msgspec
+import nats
+import pytest
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from events.app import CreateApp, DestroyApp
+from events.codec import QUERY_REPLY_DECODER
+from events.domain import AddDomain, RemoveDomain
+from events.endpoint import RemoveCert
+from events.projection import SkipProjection
+from events.replies import Accepted, ProjectionsView, RebuildStarted
+from events.router import RouterConfigEntry
+from services.domain.key_envelope import open_router_seal
+from services.subjects import Subjects, kv_key
+from tests.conftest import projected
+from tests.integration.helpers import add_cert, update_cert
+
+PROJECTIONS = ("certificates", "dns_targets", "router_config", "audit")
+
+
+async def snapshot(db_url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every projection, through the stable views, in a stable order."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        views = await conn.fetch(
+            "select table_schema, table_name from information_schema.views"
+            " where table_schema = any($1::text[]) order by 1, 2",
+            list(PROJECTIONS),
+        )
+        out = {}
+        for schema, view in views:
+            rows = await conn.fetch(f'select * from "{schema}"."{view}"')
+            out[f"{schema}.{view}"] = sorted(tuple(str(v) for v in r.values()) for r in rows)
+        return out
+    finally:
+        await conn.close()
+
+
+async def busy_history(cp, ca) -> int:
+    """A history with every kind of change; returns its last position."""
+    last = 0
+    for i in range(6):
+        app = f"shop-{i}"
+        await cp.command(CreateApp(app=app))
+        for host in (f"www.s{i}.example.com", f"api.s{i}.example.com", f"old.s{i}.example.com"):
+            await cp.command(AddDomain(app=app, hostname=host))
+        c = ca.leaf(f"*.s{i}.example.com")
+        await add_cert(cp, app, [c.cert_pem, ca.intermediate.cert_pem], c.key_pem)
+        await cp.command(RemoveDomain(app=app, hostname=f"old.s{i}.example.com"))
+        if i % 2:
+            n = ca.leaf(f"*.s{i}.example.com")
+            await update_cert(cp, app, [n.cert_pem, ca.intermediate.cert_pem], n.key_pem)
+        if i % 3 == 0:
+            await cp.command(RemoveCert(app=app))
+        last = (await cp.command(AddDomain(app=app, hostname=f"new.s{i}.example.com"))).position
+    last = (await cp.command(DestroyApp(app="shop-5"))).position
+    return last
+
+
+async def kv_revisions(settings) -> dict[str, tuple[int, bytes]]:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        try:
+            kv = await nc.jetstream().key_value(settings.router_bucket)
+        except BucketNotFoundError:
+            return {}
+        out = {}
+        with contextlib.suppress(Exception):
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                out[key] = (entry.revision, entry.value)
+        return out
+    finally:
+        await nc.close()
+
+
+async def generations(db_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "select name, generation from projector_checkpoints where name not like '%#%'"
+        )
+        return {r[0]: r[1] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_a_rebuild_from_zero_equals_the_live_projection_and_republishes_nothing(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    last = await busy_history(cp, ca)
+    await projected(cp, last)
+    before, published = await snapshot(db_url), await kv_revisions(settings)
+    assert before["dns_targets.dns_targets"] and published
+    subjects = Subjects(settings.prefix)
+    for name in PROJECTIONS:
+        reply = QUERY_REPLY_DECODER.decode(await cp.raw_request(subjects.rebuild(name)))
+        assert isinstance(reply, RebuildStarted)
+    for _ in range(300):
+        if set((await generations(db_url)).values()) == {2}:
+            break
+        await asyncio.sleep(0.05)
+    assert await generations(db_url) == dict.fromkeys(PROJECTIONS, 2)
+    await projected(cp, last)
+    after = await snapshot(db_url)
+    for view in before:
+        for old, new in zip(before[view], after[view], strict=True):
+            assert old == new, (
+                view,
+                [
+                    (i, a[:80], b[:80])
+                    for i, (a, b) in enumerate(zip(old, new, strict=True))
+                    if a != b
+                ],
+            )
+    assert after == before  # identical rows, DNS targets included
+    assert await kv_revisions(settings) == published  # not one republished entry
+
+
+async def test_router_config_follows_add_update_remove_and_seals_keys_for_routers(
+    cp, projectors, ca, settings, router_key
+) -> None:
+    await cp.command(CreateApp(app="shop"))
+    await cp.command(AddDomain(app="shop", hostname="www.example.com"))
+    c = ca.leaf("www.example.com")
+    added = await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem)
+    await projected(cp, added.position)
+    nc = await nats.connect(settings.nats_url)
+    kv = await nc.jetstream().key_value(settings.router_bucket)
+    entry = msgspec.json.decode(
+        (await kv.get(kv_key("www.example.com"))).value, type=RouterConfigEntry
+    )
+    assert entry.chain_pem.startswith(c.cert_pem.decode()) and entry.position == added.position
+    assert entry.key is not None
+    opened = open_router_seal(entry.key, router_key, hostname="www.example.com")
+    assert opened.startswith(b"-----BEGIN PRIVATE KEY-----")  # only a router key opens it
+    removed = await cp.command(RemoveCert(app="shop"))
+    await projected(cp, removed.position)
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(kv_key("www.example.com"))
+    await nc.close()
+
+
+async def test_a_wiped_bucket_is_repopulated(cp, ca, settings, gateway) -> None:
+    from services.projectors.service import run_projectors
+
+    async def run_for_a_while() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_projectors(settings, ["router_config"], stop))
+        await asyncio.sleep(0)
+        return stop, task  # type: ignore[return-value]
+
+    stop, task = await run_for_a_while()
+    await cp.command(CreateApp(app="shop"))
+    for host in ("a.example.com", "b.example.com", "*.example.com"):
+        await cp.command(AddDomain(app="shop", hostname=host))
+    c = ca.leaf("*.example.com", "a.example.com")
+    last = (
+        await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem, bypass=True)
+    ).position
+    for _ in range(200):
+        if len(await kv_revisions(settings)) == 3:
+            break
+        await asyncio.sleep(0.05)
+    published = {k: v for k, (_, v) in (await kv_revisions(settings)).items()}
+    assert set(published) == {"a.example.com", "b.example.com", "_.example.com"}
+    stop.set()
+    await task
+    nc = await nats.connect(settings.nats_url)
+    await nc.jetstream().delete_key_value(settings.router_bucket)
+    await nc.close()
+    stop, task = await run_for_a_while()  # a restart heals the bucket
+    try:
+        for _ in range(200):
+            if {k: v for k, (_, v) in (await kv_revisions(settings)).items()} == published:
+                break
+            await asyncio.sleep(0.05)
+        assert {k: v for k, (_, v) in (await kv_revisions(settings)).items()} == published
+        assert last > 0
+    finally:
+        stop.set()
+        await task
+        nc = await nats.connect(settings.nats_url)
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_key_value(settings.router_bucket)
+        await nc.close()
+
+
+async def poison(db_url: str) -> int:
+    """Append an event this code cannot read, as a superuser would (bypassing the gateway)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction():
+            head = await conn.fetchrow("select position, hash from log_head for update")
+            position = head[0] + 1
+            await conn.execute(
+                "insert into events (position, stream_id, stream_version, event_id, command_id,"
+                " command_index, type, schema_version, data, metadata, recorded_at, prev_hash, hash)"
+                " values ($1, 'app-poison', 1, $2, $3, 0, 'domain.added', 1,"
+                " '{\"type\": \"domain.added\"}', '{}', now(), $4, $4)",
+                position, uuid.uuid4(), uuid.uuid4(), head[1],
+            )  # fmt: skip
+            await conn.execute("update log_head set position = $1", position)
+        return position
+    finally:
+        await conn.close()
+
+
+async def test_a_poison_event_stops_each_projector_until_an_audited_skip(
+    cp, projectors, db_url
+) -> None:
+    first = await cp.command(CreateApp(app="before"))
+    await projected(cp, first.position)
+    bad = await poison(db_url)
+    for _ in range(200):
+        view = await cp.query(None, "projections")
+        if all(p.state == "stopped" for p in view.projections):
+            break
+        await asyncio.sleep(0.05)
+    assert isinstance(view, ProjectionsView)
+    assert {p.name: p.state for p in view.projections} == dict.fromkeys(PROJECTIONS, "stopped")
+    assert all(f"dead letter at position {bad}" in p.detail for p in view.projections)
+    after = await cp.command(CreateApp(app="after"))
+    assert isinstance(after, Accepted)  # commands still work; the read side waits
+
+    refused = await cp.command(
+        SkipProjection(projection="audit", position=bad + 100, reason="typo")
+    )
+    assert refused.code == "no_dead_letter"
+    for name in PROJECTIONS:
+        reply = await cp.command(
+            SkipProjection(projection=name, position=bad, reason="hand-written test event")
+        )
+        assert isinstance(reply, Accepted), reply
+    await projected(cp, reply.position)
+    apps = await cp.query(None, "apps")
+    assert [a.name for a in apps.apps] == ["after", "before"]
+    conn = await asyncpg.connect(db_url)
+    skipped = await conn.fetch(
+        "select object, actor from audit.audit_log where action = 'projection.skipped'"
+    )
+    await conn.close()
+    assert sorted(r[0] for r in skipped) == sorted(PROJECTIONS)
+    assert {r[1] for r in skipped} == {"test@certplane"}
