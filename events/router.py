@@ -3,7 +3,7 @@
 Router authors in other languages read schemas/json/RouterConfigEntry.json. The private key
 is sealed to the routers' X25519 key (`RouterKeySeal`): ephemeral X25519 + HKDF-SHA256 +
 AES-256-GCM, with info `certplane/seal-to-router/v1`, salt ephemeral_public ‖ router_public,
-and the hostname as associated data.
+and `key_id` as associated data.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from events.endpoint import EndpointType
 
 class RouterKeySeal(msgspec.Struct, frozen=True, kw_only=True):
     router_key_id: str
+    key_id: str  # the certificate's data key id; also the associated data of the AEAD
     ephemeral_public: bytes
     nonce: bytes
     ciphertext: bytes

@@ -160,40 +160,37 @@ def router_key_id(public: bytes) -> str:
 
 
 def seal_for_router(
-    private_key: bytes, router_public: bytes, *, hostname: str, derivation_secret: bytes
+    private_key: bytes, router_public: bytes, *, key_id: str, derivation_secret: bytes
 ) -> RouterKeySeal:
     """Seal key bytes to the routers' X25519 key, deterministically.
 
     The ephemeral key and nonce derive from `derivation_secret` (the certificate's data key),
-    the router key and the hostname, so the same entry always seals to the same bytes: a
-    rebuilt projection equals the old one and republishes nothing. Safe because one
-    (ephemeral key, nonce) pair only ever encrypts the one plaintext it was derived for.
+    the router key and the data key id, so one certificate's key always seals to the same
+    bytes (for every hostname it serves): a rebuilt projection equals the old one and
+    republishes nothing. Safe because one (ephemeral key, nonce) pair only ever encrypts the
+    one plaintext it was derived for.
     """
-    seed = HKDF(
-        hashes.SHA256(), 44, salt=router_public, info=_ROUTER_EPHEMERAL_INFO + hostname.encode()
-    )
-    material = seed.derive(derivation_secret)
+    info = _ROUTER_EPHEMERAL_INFO + key_id.encode()
+    material = HKDF(hashes.SHA256(), 44, salt=router_public, info=info).derive(derivation_secret)
     ephemeral = X25519PrivateKey.from_private_bytes(material[:32])
     nonce = material[32:]
     eph_pub = public_bytes(ephemeral.public_key())
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(router_public))
     key = HKDF(hashes.SHA256(), 32, salt=eph_pub + router_public, info=_ROUTER_INFO).derive(shared)
-    ciphertext = AESGCM(key).encrypt(nonce, private_key, hostname.encode())
+    ciphertext = AESGCM(key).encrypt(nonce, private_key, key_id.encode())
     return RouterKeySeal(
         router_key_id=router_key_id(router_public),
+        key_id=key_id,
         ephemeral_public=eph_pub,
         nonce=nonce,
         ciphertext=ciphertext,
     )
 
 
-def open_router_seal(
-    sealed: RouterKeySeal, router_private: X25519PrivateKey, *, hostname: str
-) -> bytes:
-    """Router side: recover the key bytes; raises `InvalidTag` for another key or host."""
+def open_router_seal(sealed: RouterKeySeal, router_private: X25519PrivateKey) -> bytes:
+    """Router side: recover the key bytes; raises `InvalidTag` with any other key."""
     router_public = public_bytes(router_private.public_key())
     shared = router_private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
-    key = HKDF(
-        hashes.SHA256(), 32, salt=sealed.ephemeral_public + router_public, info=_ROUTER_INFO
-    ).derive(shared)
-    return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, hostname.encode())
+    salt = sealed.ephemeral_public + router_public
+    key = HKDF(hashes.SHA256(), 32, salt=salt, info=_ROUTER_INFO).derive(shared)
+    return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, sealed.key_id.encode())

@@ -44,12 +44,15 @@ class RouterConfigProjection:
         self.kv = kv
         self.states = AppStates()
         self._data_keys: dict[str, DataKey | None] = {}
+        self._seals: dict[str, tuple[str | None, str]] = {}
         self._dirty: set[str] = set()
         self._needs_reconcile = False
 
     def reset(self) -> None:
         self.states.reset()
         self._dirty.clear()
+        self._data_keys.clear()  # a key shredded since must not be served from memory
+        self._seals.clear()
 
     def ddl(self, schema: str) -> list[str]:
         return [
@@ -71,21 +74,32 @@ class RouterConfigProjection:
         return self._data_keys[key_id]
 
     async def _row(self, conn: asyncpg.Connection, app: str, host: str, e: EndpointState) -> Row:
+        sealed, problem = await self._sealed(conn, e)
+        return (app, e.name, e.endpoint_type.value, e.chain_pem, e.certificate.fingerprint_sha256,
+                sealed, "modern", problem)  # fmt: skip
+
+    async def _sealed(self, conn: asyncpg.Connection, e: EndpointState) -> tuple[str | None, str]:
+        """The key sealed for routers (once per certificate, shared by its hostnames)."""
+        if e.key_id in self._seals:
+            return self._seals[e.key_id]
         data_key = await self._data_key(conn, e.key_id) if e.key is not None else None
-        sealed: str | None = None
-        problem = ""
         if data_key is None or e.key is None:
-            problem = "the private key was destroyed (crypto-shredded) or is missing"
+            result: tuple[str | None, str] = (
+                None,
+                "the private key was destroyed (crypto-shredded) or is missing",
+            )
         else:
             seal = seal_for_router(
                 data_key.decrypt(e.key),
                 self.router_public,
-                hostname=host,
+                key_id=e.key_id,
                 derivation_secret=data_key.secret,
             )
-            sealed = _SEAL.encode(seal).decode()
-        return (app, e.name, e.endpoint_type.value, e.chain_pem, e.certificate.fingerprint_sha256,
-                sealed, "modern", problem)  # fmt: skip
+            result = (_SEAL.encode(seal).decode(), "")
+        self._seals[e.key_id] = result
+        if len(self._seals) > 50_000:
+            self._seals.clear()
+        return result
 
     async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
         table = f'"{schema}".router_config'

@@ -141,7 +141,7 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     )
     assert entry.chain_pem.startswith(c.cert_pem.decode()) and entry.position == added.position
     assert entry.key is not None
-    opened = open_router_seal(entry.key, router_key, hostname="www.example.com")
+    opened = open_router_seal(entry.key, router_key)
     assert opened.startswith(b"-----BEGIN PRIVATE KEY-----")  # only a router key opens it
     removed = await cp.command(RemoveCert(app="shop"))
     await projected(cp, removed.position)

@@ -64,3 +64,22 @@ def test_secrets_stay_out_of_repr() -> None:
 def test_master_key_text_is_validated() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         MasterKey.from_text("c2hvcnQ=")
+
+
+def test_router_seals_are_deterministic_and_open_only_with_the_router_key() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from services.domain.key_envelope import open_router_seal, seal_for_router
+
+    router = X25519PrivateKey.generate()
+    public = public_bytes(router.public_key())
+    data_key = DataKey.generate()
+    a = seal_for_router(SECRET, public, key_id=data_key.key_id, derivation_secret=data_key.secret)
+    b = seal_for_router(SECRET, public, key_id=data_key.key_id, derivation_secret=data_key.secret)
+    assert a == b and SECRET not in a.ciphertext  # a rebuild seals to the very same bytes
+    assert open_router_seal(a, router) == SECRET
+    with pytest.raises(InvalidTag):
+        open_router_seal(a, X25519PrivateKey.generate())
+    other = DataKey.generate()
+    c = seal_for_router(SECRET, public, key_id=other.key_id, derivation_secret=other.secret)
+    assert c.ephemeral_public != a.ephemeral_public and c.nonce != a.nonce
