@@ -34,9 +34,17 @@ class AppStates:
     def reset(self) -> None:
         self._states.clear()
 
-    async def get(self, conn: asyncpg.Connection, app: str, upto: int) -> AppState:
-        """The app's state after every event at or below position `upto`."""
+    async def get(
+        self, conn: asyncpg.Connection, app: str, upto: int, next_version: int = 0
+    ) -> AppState:
+        """The app's state after every event at or below position `upto`.
+
+        `next_version` is the stream version of the app's next event: when it is 1 the app
+        has no history, which spares a query per new app (most of them, in a rebuild).
+        """
         state = self._states.get(app)
+        if state is None and next_version == 1:
+            state = AppState(name=app)
         if state is None:
             rows = await conn.fetch(
                 f"select {STORED_COLUMNS} from events where stream_id = $1 and position <= $2"

@@ -48,7 +48,9 @@ class CertificatesProjection:
             if app is None:
                 continue
             state = (
-                touched[app][0] if app in touched else await self.states.get(conn, app, first - 1)
+                touched[app][0]
+                if app in touched
+                else await self.states.get(conn, app, first - 1, event.version)
             )
             touched[app] = (app_aggregate.evolve(state, event.event), event)  # type: ignore[arg-type]
         if not touched:

@@ -38,11 +38,32 @@ class DnsTargetsProjection:
         freed: set[str] = set()  # targets deleted earlier in this batch
         deleted_hosts: set[str] = set()
 
-        async def taken(target: str) -> bool:
-            if any(t == target for _, t, _ in pending.values()):
+        # One round trip for the first draw of every domain added in the batch, and one for
+        # the targets of every domain removed; only a collision costs a query of its own.
+        first_draws = [
+            dns_target(e.event_id, 0, self.zone) for e in events if isinstance(e.event, DomainAdded)
+        ]
+        allocated = {
+            r[0]
+            for r in await conn.fetch(
+                f"select target from {table} where target = any($1)", first_draws
+            )
+        }
+        removed = [e.event.hostname for e in events if isinstance(e.event, DomainRemoved)]
+        targets_of = dict(
+            await conn.fetch(
+                f"select hostname, target from {table} where hostname = any($1)", removed
+            )
+        )
+        pending_targets: set[str] = set()
+
+        async def taken(target: str, attempt: int) -> bool:
+            if target in pending_targets:
                 return True
             if target in freed:
                 return False
+            if attempt == 0:
+                return target in allocated
             return bool(await conn.fetchval(f"select 1 from {table} where target = $1", target))
 
         for stored in events:
@@ -50,24 +71,27 @@ class DnsTargetsProjection:
                 case DomainAdded(app=app, hostname=host):
                     for attempt in range(MAX_DRAWS):
                         target = dns_target(stored.event_id, attempt, self.zone)
-                        if not await taken(target):
+                        if not await taken(target, attempt):
                             break
                     else:
                         raise RuntimeError(f"no free DNS target for {host} after {MAX_DRAWS} draws")
                     pending[host] = (app, target, stored.position)
+                    pending_targets.add(target)
                 case DomainRemoved(hostname=host):
                     if host in pending:
-                        freed.add(pending.pop(host)[1])
+                        target = pending.pop(host)[1]
+                        pending_targets.discard(target)
+                        freed.add(target)
                     else:
-                        target = await conn.fetchval(
-                            f"select target from {table} where hostname = $1", host
-                        )
+                        target = targets_of.get(host)
                         if target is not None and host not in deleted_hosts:
                             freed.add(target)
                         deleted_hosts.add(host)
                 case AppDestroyed(app=app):
                     for host in [h for h, (a, _, _) in pending.items() if a == app]:
-                        freed.add(pending.pop(host)[1])
+                        target = pending.pop(host)[1]
+                        pending_targets.discard(target)
+                        freed.add(target)
                     rows = await conn.fetch(
                         f"select hostname, target from {table} where app = $1", app
                     )

@@ -10,6 +10,7 @@ repairs any difference, so a wiped or stale bucket heals. Private keys are decry
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -106,27 +107,28 @@ class RouterConfigProjection:
         first = events[0].position
         states: dict[str, AppState] = {}
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
-        loaded: set[str] = set()
         changed: set[str] = set()
 
+        apps = sorted({a for a in map(app_of, events) if a is not None})
+        for r in await conn.fetch(
+            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
+            f" sealed_key, tls_policy, problem, position from {table} where app = any($1)",
+            apps,
+        ):
+            rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
         for event in events:
             app = app_of(event)
             if app is None:
                 continue
             if app not in states:
-                states[app] = await self.states.get(conn, app, first - 1)
-            if app not in loaded:
-                loaded.add(app)
-                for r in await conn.fetch(
-                    f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-                    f" sealed_key, tls_policy, problem, position from {table} where app = $1",
-                    app,
-                ):
-                    rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
-            before = {h: e for h, e in states[app].serving().items()}
+                states[app] = await self.states.get(conn, app, first - 1, event.version)
+            before = states[app].serving()
             states[app] = app_aggregate.evolve(states[app], event.event)  # type: ignore[arg-type]
             after = states[app].serving()
-            for host in set(before) | set(after):
+            # evolve keeps unchanged EndpointState objects, so identity says what changed
+            touched = [h for h in after if before.get(h) is not after[h]]
+            touched += [h for h in before if h not in after]
+            for host in touched:
                 current = rows.get(host)
                 if host not in after:
                     if current is not None and current[0][0] == app:
@@ -185,12 +187,15 @@ class RouterConfigProjection:
         hosts = sorted(self._dirty)
         self._dirty.clear()
         entries = await self._entries(conn, schema, hosts)
+        kv = self.kv
         try:
-            for host in hosts:
-                if host in entries:
-                    await self.kv.put(kv_key(host), entries[host])
-                else:
-                    await self.kv.delete(kv_key(host))
+            # concurrently: each put waits for its JetStream ack, and acks can overlap
+            await asyncio.gather(
+                *(
+                    kv.put(kv_key(h), entries[h]) if h in entries else kv.delete(kv_key(h))
+                    for h in hosts
+                )
+            )
         except Exception as e:  # the table is the truth; reconcile repairs the bucket
             log.warning("publishing to the KV bucket failed (%s); will reconcile", e)
             self._needs_reconcile = True

@@ -1,0 +1,377 @@
+"""Projection catch-up over a large log, and command-to-router lag, beside their baselines.
+
+One run measures:
+- catch-up (a rebuild from position 0, through the real runner code) of each projection over
+  a log of N events (default 1,000,000), in events/s, beside the raw baseline of reading the
+  same rows with asyncpg and decoding them with msgspec, batch by batch as projectors do;
+- end-to-end lag from a command's accepted reply to the ROUTER_CONFIG KV update a router
+  would see, p50/p99, with commands paced at 100/s and 1,000/s.
+
+    .venv/bin/python bench/projections.py [--events 1000000] [--lag-seconds 10]
+
+The log is written directly with COPY (hash chain computed here, as the append function
+would), because the gateway would take minutes to accept a million events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import machine, percentile
+from events.app import AppCreated, CreateApp
+from events.base import Metadata
+from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode
+from events.domain import AddDomain, DnsVerified, DomainAdded, HostnameClaimed
+from events.endpoint import AddCert, CertAdded, EndpointType
+from events.replies import Accepted
+from events.union import tag_of
+from services.config import Settings
+from services.devcerts import DevCA
+from services.domain.key_envelope import DataKey, MasterKey, public_bytes, seal_for_gateway
+from services.domain.x509_bundle import TrustStore, inspect_bundle
+from services.projectors import store
+from services.projectors.audit import AuditProjection
+from services.projectors.certificates import CertificatesProjection
+from services.projectors.dns_targets import DnsTargetsProjection
+from services.projectors.router_config import RouterConfigProjection
+from services.projectors.runner import ProjectorRunner
+from services.storage.database import _with_database, ensure_database
+from services.storage.event_log import STORED_COLUMNS, stored_event
+from services.storage.hash_chain import GENESIS, content_hash, event_hash
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAINS_PER_APP = 5  # 1 AppCreated + 5 x (DomainAdded, HostnameClaimed) + CertAdded + DnsVerified
+
+
+def synthesize(n_events: int, master: MasterKey, ca: DevCA):  # type: ignore[no-untyped-def]
+    """Rows for COPY into events, and the wrapped data keys, in log order."""
+    leaf = ca.leaf("*.bench.example")
+    now = dt.datetime.now(dt.UTC)
+    bundle = inspect_bundle(
+        [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem, now=now, trust=TrustStore([])
+    )
+    rows, keys = [], []
+    prev, position, app_no = GENESIS, 0, 0
+    at = now - dt.timedelta(days=30)
+    while position < n_events:
+        app = f"a{app_no:07d}"
+        command = str(uuid.uuid4())
+        meta = encode(
+            Metadata(
+                command_id=command, actor="bench", correlation_id=command, causation_id=command
+            )
+        ).decode()
+        hosts = [f"h{d}.{app}.bench.example" for d in range(DOMAINS_PER_APP)]
+        data_key = DataKey.generate()
+        keys.append((uuid.UUID(data_key.key_id), master.key_id, data_key.wrap(master)))
+        events = [(f"app-{app}", 1, AppCreated(app=app))]
+        for d, host in enumerate(hosts):
+            events.append((f"app-{app}", 2 + d, DomainAdded(app=app, hostname=host)))
+            events.append((f"hostname-{host}", 1, HostnameClaimed(app=app, hostname=host)))
+        events.append(
+            (
+                f"app-{app}",
+                2 + DOMAINS_PER_APP,
+                CertAdded(
+                    app=app,
+                    endpoint=f"troodon-{app_no % 100000:05d}",
+                    endpoint_type=EndpointType.SNI,
+                    certificate=bundle.facts,
+                    chain_pem=bundle.chain_pem,
+                    key=data_key.encrypt(bundle.private_key_pem),
+                    domains=hosts,
+                ),
+            )
+        )
+        events.append(
+            (
+                f"app-{app}",
+                3 + DOMAINS_PER_APP,
+                DnsVerified(app=app, hostname=hosts[0], verified=True),
+            )
+        )
+        for index, (stream, version, event) in enumerate(events):
+            position += 1
+            at += dt.timedelta(microseconds=50)
+            event_id = str(uuid.uuid4())
+            type_ = tag_of(type(event))
+            data = encode(event).decode()
+            content = content_hash(stream, event_id, command, index, type_, 1, data, meta)
+            hashed = event_hash(prev, position, version, at, content)
+            rows.append(
+                (position, stream, version, uuid.UUID(event_id), uuid.UUID(command), index, type_, 1,
+                 data, meta, at, prev, hashed)
+            )  # fmt: skip
+            prev = hashed
+        app_no += 1
+    return rows, keys, prev, at
+
+
+async def build_log(url: str, n_events: int, master: MasterKey, ca: DevCA) -> tuple[int, float]:
+    started = time.perf_counter()
+    rows, keys, head_hash, head_at = synthesize(n_events, master, ca)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table(
+            "events",
+            records=rows,
+            columns=[
+                "position", "stream_id", "stream_version", "event_id", "command_id",
+                "command_index", "type", "schema_version", "data", "metadata", "recorded_at",
+                "prev_hash", "hash",
+            ],
+        )  # fmt: skip
+        await conn.copy_records_to_table(
+            "data_keys", records=keys, columns=["key_id", "master_key_id", "wrapped"]
+        )
+        await conn.execute(
+            "update log_head set position = $1, hash = $2, recorded_at = $3",
+            len(rows),
+            head_hash,
+            head_at,
+        )
+        await conn.execute("vacuum analyze events")
+    finally:
+        await conn.close()
+    return len(rows), time.perf_counter() - started
+
+
+async def raw_read(url: str, batch: int = 1000) -> tuple[int, float]:
+    """The baseline: read every row in position order, batch by batch, and decode it."""
+    conn = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
+    started, position, count = time.perf_counter(), 0, 0
+    try:
+        while True:
+            rows = await conn.fetch(
+                f"select {STORED_COLUMNS} from events where position > $1 order by position limit $2",
+                position,
+                batch,
+            )
+            if not rows:
+                break
+            events = [stored_event(r) for r in rows]
+            count += len(events)
+            position = events[-1].position
+    finally:
+        await conn.close()
+    return count, time.perf_counter() - started
+
+
+async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """Rebuild through the runner's own code path (generation 1 -> 2), timed."""
+    runner = ProjectorRunner(projection, url)
+    conn = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
+    try:
+        generation = await store.live_generation(conn, projection.name)
+        schema = await store.ensure_tables(conn, projection, generation)
+        async with conn.transaction():
+            await store.point_views(conn, projection, generation)
+        started = time.perf_counter()
+        await runner._rebuild_generation(conn, schema)
+        return runner.position, time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> list[str]:
+    """Accepted reply -> ROUTER_CONFIG update seen by a KV watcher, with paced commands."""
+    tag = secrets.token_hex(4)
+    db = f"cpbench_lag_{tag}"
+    url = _with_database(base.database_url, db)
+    await ensure_database(url)
+    master = MasterKey.generate()
+    state = Path(f"/tmp/cpbench-lag-{tag}")
+    state.mkdir()
+    router_file = state / "router.key"
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    router = X25519PrivateKey.generate()
+    router_file.write_text(__import__("base64").b64encode(router.private_bytes_raw()).decode())
+    prefix = f"lag{tag}"
+    bucket = f"ROUTER_CONFIG_{prefix}"
+    env = {
+        **os.environ,
+        "CERTPLANE_DATABASE_URL": url,
+        "CERTPLANE_NATS_URL": base.nats_url,
+        "CERTPLANE_PREFIX": prefix,
+        "CERTPLANE_MASTER_KEY": master.to_text(),
+        "CERTPLANE_ROUTER_KEY_FILE": str(router_file),
+        "CERTPLANE_ROUTER_BUCKET": bucket,
+        "CERTPLANE_TRUST_SYSTEM_STORE": "0",
+        "CERTPLANE_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(REPO),
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "services.cli.main", service], env=env, cwd=REPO)
+        for service in ("gateway", "projector")
+    ]
+    lines = []
+    nc = await nats.connect(base.nats_url)
+    try:
+        for _ in range(300):
+            try:
+                gw = await nc.request(f"{prefix}.query._.gateway-key", b"", timeout=0.5)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        from events.codec import QUERY_REPLY_DECODER
+
+        gateway_public = QUERY_REPLY_DECODER.decode(gw.data).public_key
+
+        async def command(cmd) -> Accepted:  # type: ignore[no-untyped-def]
+            envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)
+            msg = await nc.request(f"{prefix}.cmd.{cmd.app}.X", encode(envelope), timeout=30)
+            reply = COMMAND_REPLY_DECODER.decode(msg.data)
+            assert isinstance(reply, Accepted), reply
+            return reply
+
+        apps = [f"lag{i:03d}" for i in range(50)]
+        leaf = ca.leaf("*.lag.example")
+        sealed = seal_for_gateway(leaf.key_pem, gateway_public)
+        for app in apps:
+            await command(CreateApp(app=app))
+            await command(
+                AddCert(
+                    app=app,
+                    certificates=[leaf.cert_pem, ca.intermediate.cert_pem],
+                    key=sealed,
+                    bypass=True,
+                )
+            )
+        for _ in range(300):
+            try:
+                kv = await nc.jetstream().key_value(bucket)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        seen: dict[str, float] = {}
+
+        async def watch() -> None:
+            watcher = await kv.watchall(include_history=False)
+            async for entry in watcher:
+                if entry is not None and entry.key not in seen:
+                    seen[entry.key] = time.perf_counter()
+
+        watching = asyncio.create_task(watch())
+        await asyncio.sleep(0.5)
+        serial = 0
+        for rate in rates:
+            accepted: dict[str, float] = {}
+            interval = 1.0 / rate
+            start = time.perf_counter()
+            tasks = []
+
+            async def one(host: str, app: str) -> None:
+                await command(AddDomain(app=app, hostname=host))
+                accepted[host.replace("*", "_")] = time.perf_counter()
+
+            n = int(rate * seconds)
+            for i in range(n):
+                target = start + i * interval
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                serial += 1
+                app = apps[serial % len(apps)]
+                tasks.append(asyncio.create_task(one(f"h{serial}.lag.example", app)))
+            await asyncio.gather(*tasks)
+            achieved = n / (time.perf_counter() - start)
+            deadline = time.perf_counter() + 30
+            while any(h not in seen for h in accepted) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            lags = [max(0.0, seen[h] - t) * 1000 for h, t in accepted.items() if h in seen]
+            lines.append(
+                f"| lag at {rate:,} commands/s (achieved {achieved:,.0f}/s, {len(lags)} commands) | "
+                f"p50 {percentile(lags, 0.5):.1f} ms | p99 {percentile(lags, 0.99):.1f} ms |"
+            )
+        watching.cancel()
+    finally:
+        await nc.close()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        nc2 = await nats.connect(base.nats_url)
+        try:
+            await nc2.jetstream().delete_key_value(bucket)
+        except Exception:
+            pass
+        await nc2.close()
+        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
+        await admin.execute(f'drop database if exists "{db}" with (force)')
+        await admin.close()
+    return lines
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--lag-seconds", type=float, default=10.0)
+    opts = parser.parse_args()
+    base = Settings.from_env()
+    tag = secrets.token_hex(4)
+    db = f"cpbench_proj_{tag}"
+    url = _with_database(base.database_url, db)
+    await ensure_database(url)
+    ca = DevCA.create("bench")
+    master = MasterKey.generate()
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    router_public = public_bytes(X25519PrivateKey.generate().public_key())
+    lines = []
+    try:
+        count, seconds = await build_log(url, opts.events, master, ca)
+        print(f"# built a log of {count:,} events in {seconds:.0f}s", file=sys.stderr)
+        read_count, read_s = await raw_read(url)
+        baseline = read_count / read_s
+        lines.append(f"| raw read + msgspec decode (baseline) | {baseline:,.0f} events/s | 1.00 |")
+        for projection in (
+            CertificatesProjection(),
+            DnsTargetsProjection("certplanedns.example"),
+            RouterConfigProjection(master, router_public, None),
+            AuditProjection(),
+        ):
+            n, s = await catch_up(url, projection)
+            assert n == count, (projection.name, n, count)
+            lines.append(
+                f"| catch-up `{projection.name}` | {n / s:,.0f} events/s | {n / s / baseline:.2f} |"
+            )
+            print(lines[-1], file=sys.stderr)
+    finally:
+        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
+        await admin.execute(f'drop database if exists "{db}" with (force)')
+        await admin.close()
+    lag_lines = await lag(base, [100, 1000], opts.lag_seconds, ca)
+    print(f"## Projections — {dt.date.today().isoformat()}\n")
+    print(f"Machine: {machine()}  ")
+    print(
+        f"Command: `.venv/bin/python bench/projections.py --events {opts.events} --lag-seconds {opts.lag_seconds:g}`\n"
+    )
+    print(f"Log: {count:,} events ({count // (3 + 2 * DOMAINS_PER_APP):,} apps, each: AppCreated, "
+          f"{DOMAINS_PER_APP} × DomainAdded + HostnameClaimed, CertAdded (EC P-256 chain), DnsVerified).\n")  # fmt: skip
+    print("| what | rate | ratio to baseline |")
+    print("|---|---|---|")
+    for line in lines:
+        print(line)
+    print()
+    print("| what | p50 | p99 |")
+    print("|---|---|---|")
+    for line in lag_lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
