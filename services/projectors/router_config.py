@@ -18,6 +18,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from events.endpoint import CertAdded, CertUpdated
 from events.router import RouterConfigEntry, RouterKeySeal
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, EndpointState
@@ -74,6 +75,29 @@ class RouterConfigProjection:
             )
         return self._data_keys[key_id]
 
+    async def _prefetch_data_keys(
+        self, conn: asyncpg.Connection, events: list[StoredEvent]
+    ) -> None:
+        """One query for the data keys of every certificate in the batch."""
+        wanted = {
+            e.event.key.key_id
+            for e in events
+            if isinstance(e.event, CertAdded | CertUpdated)
+            and e.event.key.key_id not in self._data_keys
+        }
+        if not wanted:
+            return
+        rows = await conn.fetch(
+            "select key_id::text, wrapped from data_keys where key_id = any($1::uuid[])",
+            list(wanted),
+        )
+        found = {r[0]: bytes(r[1]) for r in rows}
+        for key_id in wanted:
+            wrapped = found.get(key_id)
+            self._data_keys[key_id] = (
+                DataKey.unwrap(key_id, wrapped, self.master) if wrapped else None
+            )
+
     async def _row(self, conn: asyncpg.Connection, app: str, host: str, e: EndpointState) -> Row:
         sealed, problem = await self._sealed(conn, e)
         return (app, e.name, e.endpoint_type.value, e.chain_pem, e.certificate.fingerprint_sha256,
@@ -109,6 +133,7 @@ class RouterConfigProjection:
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
 
+        await self._prefetch_data_keys(conn, events)
         apps = sorted({a for a in map(app_of, events) if a is not None})
         for r in await conn.fetch(
             f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
