@@ -151,7 +151,7 @@ async def main() -> None:
 
     ca = DevCA.create("bench")
     ca_file = Path(f"/tmp/cpbench-{tag}-ca.pem")
-    ca_file.write_bytes(ca.root.cert_pem)  # noqa: ASYNC240 (setup, not measured)
+    ca_file.write_bytes(ca.root.cert_pem)
     master = MasterKey.generate()
     prefix = f"bench{tag}"
     env = {
@@ -269,7 +269,7 @@ async def main() -> None:
         await admin.execute(f'drop database if exists "{db_name}" with (force)')
         await admin.execute(f'drop database if exists "{es_db}" with (force)')
         await admin.close()
-        ca_file.unlink(missing_ok=True)  # noqa: ASYNC240 (teardown)
+        ca_file.unlink(missing_ok=True)
 
     def rate(name: str, concurrency: int) -> float:
         return next(
