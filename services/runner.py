@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from services.telemetry import setup_tracing, shutdown_tracing
+from services.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 
 
 def setup_logging() -> None:
@@ -22,6 +22,7 @@ def run_service(name: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> 
     """Run `body(stop)` until SIGTERM or SIGINT sets `stop`; then it drains and returns."""
     setup_logging()
     setup_tracing(name)
+    setup_metrics(name)
 
     async def main() -> None:
         stop = asyncio.Event()

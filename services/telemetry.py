@@ -17,6 +17,24 @@ PROPAGATOR = TraceContextTextMapPropagator()
 _configured = False
 
 
+def setup_metrics(service: str) -> None:
+    """Export metrics when CERTPLANE_METRICS_EXPORT names an exporter (`console`)."""
+    if os.environ.get("CERTPLANE_METRICS_EXPORT", "") != "console":
+        return
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    interval = int(float(os.environ.get("CERTPLANE_METRICS_INTERVAL", "10")) * 1000)
+    reader = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=interval)
+    resource = Resource.create({"service.name": f"certplane-{service}"})
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+
+
 def setup_tracing(service: str) -> None:
     """Install an SDK tracer provider if the environment asks for an exporter."""
     global _configured
@@ -66,11 +84,13 @@ def current_traceparent(fallback: str) -> str:
 
 
 def shutdown_tracing() -> None:
-    """Flush and stop the SDK provider, if one was installed."""
-    provider = trace.get_tracer_provider()
-    shutdown = getattr(provider, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
+    """Flush and stop the SDK providers (spans and metrics), if they were installed."""
+    from opentelemetry import metrics
+
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class _ProjectorMetrics:
@@ -83,10 +103,14 @@ class _ProjectorMetrics:
         self._attributes = {"certplane.projection": name}
         self._events = meter.create_counter("certplane.projector.events", unit="{event}")
         self._batch_seconds = meter.create_histogram("certplane.projector.batch.duration", unit="s")
+        self._lag = meter.create_gauge("certplane.projector.lag", unit="{event}")
 
     def batch(self, count: int, seconds: float) -> None:
         self._events.add(count, self._attributes)
         self._batch_seconds.record(seconds, self._attributes)
+
+    def lag(self, events: int) -> None:
+        self._lag.set(events, self._attributes)
 
 
 def projector_metrics(name: str) -> _ProjectorMetrics:

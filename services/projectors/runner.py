@@ -142,6 +142,7 @@ class ProjectorRunner:
         await self.projection.reconcile(conn, schema)
         last_reconcile = last_status = time.monotonic()
         await store.set_status(conn, self.name, self.instance, State.RUNNING.value)
+        self._metrics.lag(await store.head(conn) - self.position)
         while not stop.is_set():
             self._wake.clear()
             if self._rebuild.is_set():
@@ -152,6 +153,7 @@ class ProjectorRunner:
             now = time.monotonic()
             if now - last_status > 2.0:
                 await store.set_status(conn, self.name, self.instance, self.state.value)
+                self._metrics.lag(await store.head(conn) - self.position)
                 last_status = now
             if now - last_reconcile > self.reconcile_every and getattr(
                 self.projection, "needs_reconcile", False

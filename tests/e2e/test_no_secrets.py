@@ -71,7 +71,12 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     ).start()
     await asyncio.to_thread(wait_for_gateway, settings)
     projector = ServiceProcess(
-        settings, ["projector"], tmp_path / "projector.log", CERTPLANE_LOG_LEVEL="DEBUG"
+        settings,
+        ["projector"],
+        tmp_path / "projector.log",
+        CERTPLANE_LOG_LEVEL="DEBUG",
+        CERTPLANE_METRICS_EXPORT="console",
+        CERTPLANE_METRICS_INTERVAL="1",
     ).start()
     outputs: list[str] = []
 
@@ -116,6 +121,9 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     assert gateway.stop() == 0
     assert projector.stop() == 0
     log_text = gateway.output + projector.output
+    # lag and throughput are exported as OpenTelemetry metrics
+    assert "certplane.projector.events" in projector.output
+    assert "certplane.projector.lag" in projector.output
     assert (
         "certplane.gateway" in log_text and '"trace_id"' in log_text
     )  # logs and spans were really captured
