@@ -41,42 +41,62 @@ class CertificatesProjection:
         ]
 
     async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
-        touched: dict[str, tuple[AppState, StoredEvent]] = {}
+        """Write only the rows an event changed, each stamped with that event's position.
+
+        `evolve` keeps unchanged DomainState/EndpointState objects, so identity tells what an
+        event changed; the cost is proportional to the change, not to the app's size.
+        """
+        states: dict[str, AppState] = {}
         first = events[0].position
+        apps: dict[str, tuple[object, ...] | None] = {}
+        domains: dict[str, tuple[object, ...] | None] = {}
+        endpoints: dict[tuple[str, str], tuple[object, ...] | None] = {}
         for event in events:
             app = app_of(event)
             if app is None:
                 continue
-            state = (
-                touched[app][0]
-                if app in touched
-                else await self.states.get(conn, app, first - 1, event.version)
-            )
-            touched[app] = (app_aggregate.evolve(state, event.event), event)  # type: ignore[arg-type]
-        if not touched:
-            return
-        names = list(touched)
-        for table, column in (("apps", "name"), ("domains", "app"), ("endpoints", "app")):
-            await conn.execute(f'delete from "{schema}".{table} where {column} = any($1)', names)
-        apps, domains, endpoints = [], [], []
-        for app, (state, last) in touched.items():
-            self.states.put(app, state)
-            if not state.exists:
+            if app not in states:
+                states[app] = await self.states.get(conn, app, first - 1, event.version)
+            before = states[app]
+            after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
+            states[app] = after
+            position, at = event.position, event.recorded_at
+            if not after.exists:
+                apps[app] = None
+                for host in before.domains:
+                    domains[host] = None
+                for name in before.endpoints:
+                    endpoints[(app, name)] = None
                 continue
-            apps.append(
-                (app, len(state.domains), len(state.endpoints), last.position, last.recorded_at)
-            )
-            for d in state.domains.values():
-                domains.append((d.hostname, app, d.endpoint, d.dns_verified, last.position))
-            for e in state.endpoints.values():
-                c = e.certificate
-                endpoints.append(
-                    (app, e.name, e.endpoint_type.value, _FACTS.encode(c).decode(), state.served_by(e.name),
-                     c.not_after, c.fingerprint_sha256, c.trusted, last.position, last.recorded_at)
+            apps[app] = (app, len(after.domains), len(after.endpoints), position, at)
+            reassigned: set[str] = set()
+            for host in before.domains.keys() | after.domains.keys():
+                old, new = before.domains.get(host), after.domains.get(host)
+                if old is new:
+                    continue
+                domains[host] = (
+                    (host, app, new.endpoint, new.dns_verified, position)
+                    if new is not None
+                    else None
+                )
+                reassigned |= {d.endpoint for d in (old, new) if d is not None and d.endpoint}
+            for name in before.endpoints.keys() | after.endpoints.keys():
+                old_e, new_e = before.endpoints.get(name), after.endpoints.get(name)
+                if old_e is new_e and name not in reassigned:
+                    continue
+                if new_e is None:
+                    endpoints[(app, name)] = None
+                    continue
+                c = new_e.certificate
+                endpoints[(app, name)] = (
+                    app, name, new_e.endpoint_type.value, _FACTS.encode(c).decode(),
+                    after.served_by(name), c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
-        await _copy(conn, schema, "apps", apps)
-        await _copy(conn, schema, "domains", domains)
-        await _copy(conn, schema, "endpoints", endpoints)
+        for app, state in states.items():
+            self.states.put(app, state)
+        await _write(conn, f'"{schema}".apps', ["name"], apps)
+        await _write(conn, f'"{schema}".domains', ["hostname"], domains)
+        await _write(conn, f'"{schema}".endpoints', ["app", "name"], endpoints)
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None
@@ -85,8 +105,37 @@ class CertificatesProjection:
         return None
 
 
-async def _copy(
-    conn: asyncpg.Connection, schema: str, table: str, rows: list[tuple[object, ...]]
+_COLUMNS = {
+    "apps": ["name", "domains", "endpoints", "position", "updated_at"],
+    "domains": ["hostname", "app", "endpoint", "dns_verified", "position"],
+    "endpoints": [
+        "app", "name", "endpoint_type", "certificate", "domains", "not_after", "fingerprint",
+        "trusted", "position", "updated_at",
+    ],
+}  # fmt: skip
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    table: str,
+    key: list[str],
+    rows: dict[str, tuple[object, ...] | None] | dict[tuple[str, str], tuple[object, ...] | None],
 ) -> None:
-    if rows:
-        await conn.copy_records_to_table(table, records=rows, schema_name=schema)
+    """Delete the keys mapped to None, upsert the others (one round trip each)."""
+    columns = _COLUMNS[table.rsplit(".", 1)[1]]
+    gone = [k for k, v in rows.items() if v is None]
+    if gone:
+        if len(key) == 1:
+            await conn.execute(f"delete from {table} where {key[0]} = any($1)", gone)
+        else:
+            await conn.executemany(f"delete from {table} where app = $1 and name = $2", gone)
+    upserts = [v for v in rows.values() if v is not None]
+    if upserts:
+        names = ", ".join(columns)
+        values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        await conn.executemany(
+            f"insert into {table} ({names}) values ({values})"
+            f" on conflict ({', '.join(key)}) do update set {updates}",
+            upserts,
+        )
