@@ -72,6 +72,20 @@ class AppState:
     def served_by(self, endpoint: str) -> list[str]:
         return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
 
+    def legacy(self) -> EndpointState | None:
+        return next(
+            (e for e in self.endpoints.values() if e.endpoint_type is EndpointType.ENDPOINT), None
+        )
+
+    def endpoint_for(self, host: str) -> EndpointState | None:
+        """The endpoint routers serve `host` with (see `serving`), if any."""
+        domain = self.domains.get(host)
+        if domain is None:
+            return None
+        if domain.endpoint:
+            return self.endpoints.get(domain.endpoint)
+        return self.legacy()
+
     def serving(self) -> dict[str, EndpointState]:
         """What routers serve: each hostname's endpoint; a legacy SSL Endpoint serves the
         domains no SNI endpoint claims (so both can coexist during a migration)."""
@@ -440,3 +454,34 @@ def _add_cert(
         )
     )
     return Decision(events, warnings)
+
+
+def hosts_changed(before: AppState, after: AppState) -> set[str]:
+    """Hostnames whose serving endpoint (or its certificate) may differ between two states.
+
+    Cheap: `evolve` keeps unchanged DomainState and EndpointState objects, so identity says
+    what changed; a changed endpoint affects the hosts it serves, and a changed legacy
+    endpoint the hosts no SNI endpoint claims.
+    """
+    hosts = {
+        h
+        for h in before.domains.keys() | after.domains.keys()
+        if before.domains.get(h) is not after.domains.get(h)
+    }
+    changed = {
+        n
+        for n in before.endpoints.keys() | after.endpoints.keys()
+        if before.endpoints.get(n) is not after.endpoints.get(n)
+    }
+    if changed:
+        legacy = any(
+            e.endpoint_type is EndpointType.ENDPOINT
+            for n in changed
+            for e in (before.endpoints.get(n), after.endpoints.get(n))
+            if e is not None
+        )
+        for state in (before, after):
+            for h, d in state.domains.items():
+                if d.endpoint in changed or (legacy and d.endpoint is None):
+                    hosts.add(h)
+    return hosts

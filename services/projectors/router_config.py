@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from events.endpoint import CertAdded, CertUpdated
 from events.router import RouterConfigEntry, RouterKeySeal
 from services.domain import app as app_aggregate
-from services.domain.app import AppState, EndpointState
+from services.domain.app import AppState, EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, seal_for_router
 from services.projectors.app_states import AppStates, app_of
 from services.storage.event_log import StoredEvent
@@ -147,20 +147,18 @@ class RouterConfigProjection:
                 continue
             if app not in states:
                 states[app] = await self.states.get(conn, app, first - 1, event.version)
-            before = states[app].serving()
-            states[app] = app_aggregate.evolve(states[app], event.event)  # type: ignore[arg-type]
-            after = states[app].serving()
-            # evolve keeps unchanged EndpointState objects, so identity says what changed
-            touched = [h for h in after if before.get(h) is not after[h]]
-            touched += [h for h in before if h not in after]
+            before = states[app]
+            states[app] = after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
+            touched = hosts_changed(before, after)
             for host in touched:
                 current = rows.get(host)
-                if host not in after:
+                endpoint = after.endpoint_for(host)
+                if endpoint is None:
                     if current is not None and current[0][0] == app:
                         rows[host] = None
                         changed.add(host)
                     continue
-                row = await self._row(conn, app, host, after[host])
+                row = await self._row(conn, app, host, endpoint)
                 if current is None or current[0] != row:
                     rows[host] = (row, event.position)
                     changed.add(host)

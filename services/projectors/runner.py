@@ -65,6 +65,7 @@ class ProjectorRunner:
         poll_interval: float = 1.0,
         instance: str | None = None,
         reconcile_every: float = 30.0,
+        linger: float = 0.0,
     ) -> None:
         self.projection = projection
         self.url = database_url
@@ -73,6 +74,7 @@ class ProjectorRunner:
         self.poll_interval = poll_interval
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.reconcile_every = reconcile_every
+        self.linger = linger
         self.state = State.STANDBY
         self.position = 0
         self.applied = 0
@@ -163,6 +165,8 @@ class ProjectorRunner:
             if caught_up:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait(stop), self.poll_interval)
+                if self.linger:  # trade latency for fewer, larger batches
+                    await asyncio.sleep(self.linger)
         await store.set_status(conn, self.name, self.instance, "stopped", "shut down")
 
     async def _wait(self, stop: asyncio.Event) -> None:

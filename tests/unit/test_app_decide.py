@@ -38,6 +38,7 @@ from services.domain.app import (
     PreparedCert,
     decide,
     evolve,
+    hosts_changed,
     related_hostnames,
 )
 from services.domain.errors import Rejected
@@ -272,6 +273,7 @@ def test_endpoint_names_are_derived_from_the_command_id() -> None:
 
 HOSTS = st.sampled_from(["a.example.com", "b.example.com", "c.other.org"])
 COMMANDS = st.one_of(
+    st.just("legacy"),
     HOSTS.map(lambda h: AddDomain(app="demo", hostname=h)),
     HOSTS.map(lambda h: RemoveDomain(app="demo", hostname=h)),
     st.just("addcert"),
@@ -284,11 +286,21 @@ COMMANDS = st.one_of(
 def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
     state = app_with()
     for i, command in enumerate(commands):
-        prepared = cert("*.example.com", key_id=f"k{i}") if command == "addcert" else None
-        command = add_cert() if command == "addcert" else command
+        prepared = (
+            cert("*.example.com", key_id=f"k{i}") if command in ("addcert", "legacy") else None
+        )
+        if command == "legacy":
+            command = add_cert(endpoint_type=EndpointType.ENDPOINT)
+        elif command == "addcert":
+            command = add_cert()
+        before = state
         try:
             state, _ = run(state, command, seed=f"cmd-{i}", prepared=prepared)
         except Rejected:
             continue
+        # the cheap change detection the router_config projection uses misses nothing
+        old, new = before.serving(), state.serving()
+        differ = {h for h in old.keys() | new.keys() if old.get(h) is not new.get(h)}
+        assert differ <= hosts_changed(before, state)
         for domain in state.domains.values():
             assert domain.endpoint is None or domain.endpoint in state.endpoints
