@@ -18,7 +18,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from events.endpoint import CertAdded, CertUpdated
+from events.endpoint import CertAdded, CertUpdated, EndpointType
 from events.router import RouterConfigEntry, RouterKeySeal
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, EndpointState, hosts_changed
@@ -36,6 +36,19 @@ ENTRY_DECODER = msgspec.json.Decoder(RouterConfigEntry)
 Row = tuple[str, str, str, str, str, str | None, str, str]  # without position
 
 
+def _entry(hostname: str, row: Row, position: int) -> bytes:
+    """The KV value routers read for one row."""
+    app, endpoint, kind, chain, fingerprint, sealed, policy, problem = row
+    return ENTRY_ENCODER.encode(
+        RouterConfigEntry(
+            hostname=hostname, app=app, endpoint=endpoint, endpoint_type=EndpointType(kind),
+            chain_pem=chain, fingerprint_sha256=fingerprint,
+            key=_SEAL_DECODER.decode(sealed) if sealed else None,
+            tls_policy=policy, problem=problem, position=position,
+        )
+    )  # fmt: skip
+
+
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
@@ -47,7 +60,7 @@ class RouterConfigProjection:
         self.states = AppStates()
         self._data_keys: dict[str, DataKey | None] = {}
         self._seals: dict[str, tuple[str | None, str]] = {}
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, bytes | None] = {}  # hostname -> KV value (None: delete)
         self._needs_reconcile = False
 
     def reset(self) -> None:
@@ -179,7 +192,9 @@ class RouterConfigProjection:
                 " position = excluded.position",
                 upserts,
             )
-        self._dirty |= changed
+        for host in changed:
+            value = rows[host]
+            self._dirty[host] = None if value is None else _entry(host, *value)
 
     async def _entries(
         self, conn: asyncpg.Connection, schema: str, hosts: list[str] | None
@@ -193,29 +208,22 @@ class RouterConfigProjection:
             if hosts is not None
             else conn.fetch(query)
         )
-        out = {}
-        for r in rows:
-            entry = RouterConfigEntry(
-                hostname=r[0], app=r[1], endpoint=r[2], endpoint_type=r[3], chain_pem=r[4],
-                fingerprint_sha256=r[5], key=_SEAL_DECODER.decode(r[6]) if r[6] else None,
-                tls_policy=r[7], problem=r[8], position=r[9],
-            )  # fmt: skip
-            out[r[0]] = ENTRY_ENCODER.encode(entry)
-        return out
+        return {r[0]: _entry(r[0], tuple(r[1:9]), r[9]) for r in rows}  # type: ignore[arg-type]
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         if not self._dirty or self.kv is None:
             self._dirty.clear()
             return
-        hosts = sorted(self._dirty)
-        self._dirty.clear()
-        entries = await self._entries(conn, schema, hosts)
+        entries, self._dirty = self._dirty, {}
+        hosts = sorted(entries)
         kv = self.kv
         try:
             # concurrently: each put waits for its JetStream ack, and acks can overlap
             await asyncio.gather(
                 *(
-                    kv.put(kv_key(h), entries[h]) if h in entries else kv.delete(kv_key(h))
+                    kv.put(kv_key(h), value)
+                    if (value := entries[h]) is not None
+                    else kv.delete(kv_key(h))
                     for h in hosts
                 )
             )
