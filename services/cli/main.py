@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from events.app import CreateApp, DestroyApp
+from events.base import Command
 from events.codec import QUERY_REPLY_DECODER
 from events.domain import AddDomain, RemoveDomain
 from events.endpoint import AddCert, EndpointType, RemoveCert, UpdateCert
@@ -142,18 +143,24 @@ def _done(args: argparse.Namespace) -> None:
         print("done")
 
 
+async def _change(args: argparse.Namespace, label: str, command: Command) -> Accepted:
+    """Send a command, say so as Heroku does, and wait until the read models show it."""
+    async with _control_plane() as cp:
+        _progress(label, args)
+        reply = _check(await cp.command(command))
+        await _projected(cp, reply.position)
+        _done(args)
+    if args.json:
+        output.print_json(reply)
+    return reply
+
+
 # -- apps ---------------------------------------------------------------------------------
 
 
 async def apps_create(args: argparse.Namespace) -> None:
     app = args.name or _app(args)
-    async with _control_plane() as cp:
-        _progress(f"Creating ⬢ {app}", args)
-        reply = _check(await cp.command(CreateApp(app=app)))
-        await _projected(cp, reply.position)
-        _done(args)
-        if args.json:
-            output.print_json(reply)
+    await _change(args, f"Creating ⬢ {app}", CreateApp(app=app))
 
 
 async def apps_list(args: argparse.Namespace) -> None:
@@ -171,13 +178,9 @@ async def apps_list(args: argparse.Namespace) -> None:
 async def apps_destroy(args: argparse.Namespace) -> None:
     app = args.name or _app(args)
     _confirm(args, app, "command will permanently destroy the app")
-    async with _control_plane() as cp:
-        _progress(f"Destroying ⬢ {app} (including all domains and certificates)", args)
-        reply = _check(await cp.command(DestroyApp(app=app)))
-        await _projected(cp, reply.position)
-        _done(args)
-        if args.json:
-            output.print_json(reply)
+    await _change(
+        args, f"Destroying ⬢ {app} (including all domains and certificates)", DestroyApp(app=app)
+    )
 
 
 # -- domains ------------------------------------------------------------------------------
@@ -217,13 +220,8 @@ async def domains_list(args: argparse.Namespace) -> None:
 
 async def domains_remove(args: argparse.Namespace) -> None:
     app = _app(args)
-    async with _control_plane() as cp:
-        _progress(f"Removing {args.hostname} from ⬢ {app}", args)
-        reply = _check(await cp.command(RemoveDomain(app=app, hostname=args.hostname)))
-        await _projected(cp, reply.position)
-        _done(args)
-        if args.json:
-            output.print_json(reply)
+    label = f"Removing {args.hostname} from ⬢ {app}"
+    await _change(args, label, RemoveDomain(app=app, hostname=args.hostname))
 
 
 # -- certs --------------------------------------------------------------------------------
@@ -372,15 +370,8 @@ async def certs_update(args: argparse.Namespace) -> None:
 async def certs_remove(args: argparse.Namespace) -> None:
     app = _app(args)
     _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
-    async with _control_plane() as cp:
-        _progress(
-            f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " "), args
-        )
-        reply = _check(await cp.command(RemoveCert(app=app, name=args.name)))
-        await _projected(cp, reply.position)
-        _done(args)
-        if args.json:
-            output.print_json(reply)
+    label = f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " ")
+    await _change(args, label, RemoveCert(app=app, name=args.name))
 
 
 def certs_chain(args: argparse.Namespace) -> None:

@@ -163,6 +163,20 @@ def _evolve(stream: str, state: Any, event: Any) -> Any:
     return state
 
 
+def _metadata(
+    envelope: CommandEnvelope, traceparent: str, warnings: list[str] | None = None
+) -> Metadata:
+    """What every event of a command records about it (the id also correlates by default)."""
+    return Metadata(
+        command_id=envelope.id,
+        actor=envelope.actor,
+        correlation_id=envelope.correlation_id or envelope.id,
+        causation_id=envelope.causation_id or envelope.id,
+        traceparent=traceparent,
+        warnings=warnings or [],
+    )
+
+
 def accepted_from_stored(events: list[StoredEvent]) -> Accepted:
     """The reply a command got, rebuilt from its events in the log (for repeats)."""
     app_events = [e for e in events if category(e.stream_id) == APP] or events
@@ -267,14 +281,7 @@ class CommandHandler:
                 for stream in assumed:
                     await self._load(stream, refresh=True)
                 continue
-            metadata = Metadata(
-                command_id=envelope.id,
-                actor=envelope.actor,
-                correlation_id=envelope.correlation_id or envelope.id,
-                causation_id=envelope.causation_id or envelope.id,
-                traceparent=traceparent,
-                warnings=decision.warnings,
-            )
+            metadata = _metadata(envelope, traceparent, decision.warnings)
             shred = [
                 key_id
                 for _, event in decision.events
@@ -343,13 +350,7 @@ class CommandHandler:
         event = decide_skip(dead, command)
         stream = projection_stream(command.projection)
         version, _ = await self._load(stream, refresh=True)
-        metadata = Metadata(
-            command_id=envelope.id,
-            actor=envelope.actor,
-            correlation_id=envelope.correlation_id or envelope.id,
-            causation_id=envelope.causation_id or envelope.id,
-            traceparent=traceparent,
-        )
+        metadata = _metadata(envelope, traceparent)
         result = await self._committer.append(
             AppendRequest(
                 command_id=envelope.id,
