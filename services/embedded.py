@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,10 +113,12 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self, database: str) -> str:
-        import pgserver  # heavy import, only when needed
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver  # heavy import, only when needed
+
+            server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         self._server = server
         return str(server.get_uri(database))
 
