@@ -215,9 +215,12 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
         "CERTPLANE_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(REPO),
     }
+    services = [["gateway"], ["projector"]]
+    if os.environ.get("BENCH_SPLIT_PROJECTORS"):
+        services = [["gateway"], ["projector", "router_config"], ["projector", "certificates", "dns_targets", "audit"]]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "services.cli.main", service], env=env, cwd=REPO)
-        for service in ("gateway", "projector")
+        subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=env, cwd=REPO)
+        for args in services
     ]
     lines = []
     nc = await nats.connect(base.nats_url)
