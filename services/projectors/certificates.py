@@ -115,6 +115,14 @@ _COLUMNS = {
 }  # fmt: skip
 
 
+# Column array types for the tables written with one `unnest` (endpoints hold a text[] per
+# row, which unnest would flatten, so they go row by row).
+_ARRAY_TYPES = {
+    "apps": ["text[]", "integer[]", "integer[]", "bigint[]", "timestamptz[]"],
+    "domains": ["text[]", "text[]", "text[]", "boolean[]", "bigint[]"],
+}
+
+
 async def _write(
     conn: asyncpg.Connection,
     table: str,
@@ -130,7 +138,18 @@ async def _write(
         else:
             await conn.executemany(f"delete from {table} where app = $1 and name = $2", gone)
     upserts = [v for v in rows.values() if v is not None]
-    if upserts:
+    types = _ARRAY_TYPES.get(table.rsplit(".", 1)[1])
+    if upserts and types is not None:
+        # One statement for the whole batch: unnest one array per column.
+        names = ", ".join(columns)
+        arrays = ", ".join(f"${i}::{t}" for i, t in enumerate(types, start=1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        await conn.execute(
+            f"insert into {table} ({names}) select * from unnest({arrays})"
+            f" on conflict ({', '.join(key)}) do update set {updates}",
+            *[list(column) for column in zip(*upserts, strict=True)],
+        )
+    elif upserts:
         names = ", ".join(columns)
         values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)

@@ -102,9 +102,13 @@ class DnsTargetsProjection:
         if deleted_hosts:
             await conn.execute(f"delete from {table} where hostname = any($1)", list(deleted_hosts))
         if pending:
-            await conn.executemany(
-                f"insert into {table} (hostname, app, target, position) values ($1, $2, $3, $4)",
-                [(h, a, t, p) for h, (a, t, p) in pending.items()],
+            await conn.execute(
+                f"insert into {table} (hostname, app, target, position)"
+                " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[])",
+                list(pending),
+                [a for a, _, _ in pending.values()],
+                [t for _, t, _ in pending.values()],
+                [p for _, _, p in pending.values()],
             )
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:

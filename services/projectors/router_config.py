@@ -182,15 +182,17 @@ class RouterConfigProjection:
             await conn.execute(f"delete from {table} where hostname = any($1)", deleted)
         upserts = [(h, *v[0], v[1]) for h in changed if (v := rows[h]) is not None]
         if upserts:
-            await conn.executemany(
+            await conn.execute(  # one statement per batch: one array per column
                 f"insert into {table} (hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-                " sealed_key, tls_policy, problem, position) values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+                " sealed_key, tls_policy, problem, position) select * from unnest($1::text[],"
+                " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+                " $9::text[], $10::bigint[])"
                 " on conflict (hostname) do update set app = excluded.app, endpoint = excluded.endpoint,"
                 " endpoint_type = excluded.endpoint_type, chain_pem = excluded.chain_pem,"
                 " fingerprint = excluded.fingerprint, sealed_key = excluded.sealed_key,"
                 " tls_policy = excluded.tls_policy, problem = excluded.problem,"
                 " position = excluded.position",
-                upserts,
+                *[list(column) for column in zip(*upserts, strict=True)],
             )
         for host in changed:
             value = rows[host]
