@@ -217,7 +217,11 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
     }
     services = [["gateway"], ["projector"]]
     if os.environ.get("BENCH_SPLIT_PROJECTORS"):
-        services = [["gateway"], ["projector", "router_config"], ["projector", "certificates", "dns_targets", "audit"]]
+        services = [
+            ["gateway"],
+            ["projector", "router_config"],
+            ["projector", "certificates", "dns_targets", "audit"],
+        ]
     procs = [
         subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=env, cwd=REPO)
         for args in services
