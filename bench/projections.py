@@ -49,6 +49,7 @@ from services.projectors.certificates import CertificatesProjection
 from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
+from services.runner import tune_gc
 from services.storage.database import _with_database, ensure_database
 from services.storage.event_log import STORED_COLUMNS, stored_event
 from services.storage.hash_chain import GENESIS, content_hash, event_hash
@@ -324,6 +325,7 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
 
 
 async def main() -> None:
+    tune_gc()  # as `certplane projector` does
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--lag-seconds", type=float, default=10.0)

@@ -19,7 +19,7 @@ from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
 from services.gateway.service import Gateway
 from services.projectors.service import load_router_private_key, run_projectors
-from services.runner import setup_logging
+from services.runner import setup_logging, tune_gc
 from services.storage.database import ensure_database, redact
 
 
@@ -83,6 +83,7 @@ def _run_demo(files: dict[str, Path]) -> None:
 
 def run_dev(args: argparse.Namespace) -> None:
     setup_logging()
+    tune_gc()
     state = state_dir()
     state.mkdir(parents=True, exist_ok=True)
     files = _demo_files(state)
