@@ -160,7 +160,7 @@ async def _change(args: argparse.Namespace, label: str, command: Command) -> Acc
 
 async def apps_create(args: argparse.Namespace) -> None:
     app = args.name or _app(args)
-    await _change(args, f"Creating ⬢ {app}", CreateApp(app=app))
+    await _change(args, f"Creating {app}", CreateApp(app=app))
 
 
 async def apps_list(args: argparse.Namespace) -> None:
@@ -179,7 +179,7 @@ async def apps_destroy(args: argparse.Namespace) -> None:
     app = args.name or _app(args)
     _confirm(args, app, "command will permanently destroy the app")
     await _change(
-        args, f"Destroying ⬢ {app} (including all domains and certificates)", DestroyApp(app=app)
+        args, f"Destroying {app} (including all domains and certificates)", DestroyApp(app=app)
     )
 
 
@@ -189,7 +189,7 @@ async def apps_destroy(args: argparse.Namespace) -> None:
 async def domains_add(args: argparse.Namespace) -> None:
     app = _app(args)
     async with _control_plane() as cp:
-        _progress(f"Adding {args.hostname} to ⬢ {app}", args)
+        _progress(f"Adding {args.hostname} to {app}", args)
         reply = _check(await cp.command(AddDomain(app=app, hostname=args.hostname)))
         _done(args)
         view = await _app_view(cp, app) if await _projected(cp, reply.position) else None
@@ -220,7 +220,7 @@ async def domains_list(args: argparse.Namespace) -> None:
 
 async def domains_remove(args: argparse.Namespace) -> None:
     app = _app(args)
-    label = f"Removing {args.hostname} from ⬢ {app}"
+    label = f"Removing {args.hostname} from {app}"
     await _change(args, label, RemoveDomain(app=app, hostname=args.hostname))
 
 
@@ -257,7 +257,7 @@ async def certs_add(args: argparse.Namespace) -> None:
             domains=domains,
             bypass=args.bypass,
         )
-        _progress(f"Adding SSL to ⬢ {app}", args)
+        _progress(f"Adding SSL to {app}", args)
         reply = _check(await cp.command(command))
         _done(args)
         view = await _app_view(cp, app) if await _projected(cp, reply.position) else None
@@ -266,7 +266,7 @@ async def certs_add(args: argparse.Namespace) -> None:
         for event in reply.events:
             for host in getattr(event, "domains", []) or []:
                 if targets.get(host):
-                    print(f"{host} now served by {targets[host]}")
+                    print(f"{app} now served by {targets[host]} ({host})")
     _print_cert_result(reply, args)
 
 
@@ -339,7 +339,7 @@ async def certs_info(args: argparse.Namespace) -> None:
     if args.json:
         output.print_json(endpoint)
         return
-    print(f"Fetching SSL certificate {endpoint.name} info for ⬢ {app}... done")
+    print(f"Fetching SSL certificate {endpoint.name} info for {app}... done")
     print(output.certificate_details(endpoint.certificate))
     if endpoint.domains:
         print(f"Domains:        {', '.join(endpoint.domains)}")
@@ -358,9 +358,7 @@ async def certs_update(args: argparse.Namespace) -> None:
             name=args.name,
             bypass=args.bypass,
         )
-        _progress(
-            f"Updating SSL certificate {args.name or ''} for ⬢ {app}".replace("  ", " "), args
-        )
+        _progress(f"Updating SSL certificate {args.name or ''} for {app}".replace("  ", " "), args)
         reply = _check(await cp.command(command))
         _done(args)
         await _projected(cp, reply.position)
@@ -370,7 +368,7 @@ async def certs_update(args: argparse.Namespace) -> None:
 async def certs_remove(args: argparse.Namespace) -> None:
     app = _app(args)
     _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
-    label = f"Removing SSL certificate {args.name or ''} from ⬢ {app}".replace("  ", " ")
+    label = f"Removing SSL certificate {args.name or ''} from {app}".replace("  ", " ")
     await _change(args, label, RemoveCert(app=app, name=args.name))
 
 

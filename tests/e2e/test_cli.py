@@ -19,9 +19,9 @@ def ok(settings, *args: str):
 
 
 def test_a_whole_session_reads_like_heroku(settings, projector_process, files) -> None:
-    assert "Creating ⬢ shop... done" in ok(settings, "apps:create", "shop").stdout
+    assert "Creating shop... done" in ok(settings, "apps:create", "shop").stdout
     added_domain = ok(settings, "domains:add", "www.example.com", "-a", "shop")
-    assert "Adding www.example.com to ⬢ shop... done" in added_domain.stdout
+    assert "Adding www.example.com to shop... done" in added_domain.stdout
     assert "Configure your app's DNS provider to point to the DNS Target" in added_domain.stderr
     target = added_domain.stderr.splitlines()[1].split()[-1]
     assert target.endswith("." + settings.dns_zone)
@@ -34,8 +34,8 @@ def test_a_whole_session_reads_like_heroku(settings, projector_process, files) -
         "-a",
         "shop",
     ).stdout
-    assert "Adding SSL to ⬢ shop... done" in added
-    assert f"www.example.com now served by {target}" in added
+    assert "Adding SSL to shop... done" in added
+    assert f"shop now served by {target} (www.example.com)" in added
     assert "Common Name(s): www.example.com, *.example.com" in added
     assert "SSL certificate is verified by a root authority." in added
 
@@ -53,7 +53,7 @@ def test_a_whole_session_reads_like_heroku(settings, projector_process, files) -
     [endpoint] = json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
     assert endpoint["domains"] == ["www.example.com"] and endpoint["endpoint_type"] == "sni"
     info = ok(settings, "certs:info", "-a", "shop").stdout
-    assert f"Fetching SSL certificate {endpoint['name']} info for ⬢ shop... done" in info
+    assert f"Fetching SSL certificate {endpoint['name']} info for shop... done" in info
     domains = ok(settings, "domains", "-a", "shop").stdout
     assert "www.example.com" in domains and endpoint["name"] in domains and target in domains
     info = ok(settings, "domains:info", "www.example.com", "-a", "shop").stdout
@@ -116,7 +116,7 @@ def test_der_crlf_and_unicode_input(settings, projector_process, ca: DevCA, tmp_
     key = tmp_path / "server.key"
     key.write_bytes(leaf.key_pem.replace(b"\n", b"\r\n"))
     out = ok(settings, "certs:add", str(crt), str(chain), str(key), "-a", "shop").stdout
-    assert "serves xn--bcher-kva.example.com" in out
+    assert "serves xn--bcher-kva.example.com" in out and "shop now served by" in out
 
 
 def test_usage_errors_exit_2(settings, gateway_process) -> None:
