@@ -147,13 +147,8 @@ class RouterConfigProjection:
         changed: set[str] = set()
 
         await self._prefetch_data_keys(conn, events)
-        apps = sorted({a for a in map(app_of, events) if a is not None})
-        for r in await conn.fetch(
-            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-            f" sealed_key, tls_policy, problem, position from {table} where app = any($1)",
-            apps,
-        ):
-            rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
+        # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
+        steps: list[tuple[str, str, EndpointState | None, int]] = []
         for event in events:
             app = app_of(event)
             if app is None:
@@ -162,19 +157,27 @@ class RouterConfigProjection:
                 states[app] = await self.states.get(conn, app, first - 1, event.version)
             before = states[app]
             states[app] = after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
-            touched = hosts_changed(before, after)
-            for host in touched:
-                current = rows.get(host)
-                endpoint = after.endpoint_for(host)
-                if endpoint is None:
-                    if current is not None and current[0][0] == app:
-                        rows[host] = None
-                        changed.add(host)
-                    continue
-                row = await self._row(conn, app, host, endpoint)
-                if current is None or current[0] != row:
-                    rows[host] = (row, event.position)
+            for host in hosts_changed(before, after):
+                steps.append((app, host, after.endpoint_for(host), event.position))
+        # Pass 2: read only the rows those hostnames have now (not every row of their apps).
+        hosts = sorted({host for _, host, _, _ in steps})
+        for r in await conn.fetch(
+            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
+            f" sealed_key, tls_policy, problem, position from {table} where hostname = any($1)",
+            hosts,
+        ):
+            rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
+        for app, host, endpoint, position in steps:
+            current = rows.get(host)
+            if endpoint is None:
+                if current is not None and current[0][0] == app:
+                    rows[host] = None
                     changed.add(host)
+                continue
+            row = await self._row(conn, app, host, endpoint)
+            if current is None or current[0] != row:
+                rows[host] = (row, position)
+                changed.add(host)
         for app, state in states.items():
             self.states.put(app, state)
         deleted = [h for h in changed if rows[h] is None]
