@@ -12,6 +12,7 @@ test:
 
 bench:
 	$(PY) bench/command_path.py
+	$(PY) bench/projections.py
 
 schemas:
 	$(PY) -m schemas.generate
