@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from events.app import CreateApp, DestroyApp
 from events.base import Command
@@ -42,6 +42,7 @@ from services.domain.naming import validate_app_name
 from services.domain.x509_bundle import matching_key, order_chain, split_material
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -125,12 +126,16 @@ async def _projected(
         await asyncio.sleep(0.02)
 
 
+def _expect(reply: object, kind: type[T]) -> T:
+    """The view a query answered, or exit 1 with the control plane's reason."""
+    if isinstance(reply, Rejected):
+        _fail(EXIT_REJECTED, f"{reply.message} [{reply.code}]")
+    assert isinstance(reply, kind), reply
+    return reply
+
+
 async def _app_view(cp: ControlPlane, app: str) -> AppView:
-    view = await cp.query(app, "app")
-    if isinstance(view, Rejected):
-        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
-    assert isinstance(view, AppView)
-    return view
+    return _expect(await cp.query(app, "app"), AppView)
 
 
 def _progress(text: str, args: argparse.Namespace) -> None:
@@ -430,10 +435,7 @@ def _normalize_or_fail(hostname: str) -> str:
 
 async def projections_list(args: argparse.Namespace) -> None:
     async with _control_plane() as cp:
-        view = await cp.query(None, "projections")
-    if isinstance(view, Rejected):
-        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
-    assert isinstance(view, ProjectionsView)
+        view = _expect(await cp.query(None, "projections"), ProjectionsView)
     if args.json:
         output.print_json(view.projections)
         return
@@ -503,10 +505,7 @@ async def audit_log(args: argparse.Namespace) -> None:
     app = _app(args)
     params = QueryParams(since=_when(args.since), until=_when(args.until), limit=args.limit)
     async with _control_plane() as cp:
-        view = await cp.query(app, "audit", params)
-    if isinstance(view, Rejected):
-        _fail(EXIT_REJECTED, f"{view.message} [{view.code}]")
-    assert isinstance(view, AuditView)
+        view = _expect(await cp.query(app, "audit", params), AuditView)
     if args.json:
         output.print_json(view.entries)
         return

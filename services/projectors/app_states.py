@@ -58,6 +58,30 @@ class AppStates:
         self.put(app, state)
         return state
 
+    async def transitions(
+        self, conn: asyncpg.Connection, events: list[StoredEvent]
+    ) -> list[tuple[str, AppState, AppState, StoredEvent]]:
+        """Fold a batch: (app, state before, state after, event) for each app event, in order.
+
+        The cache then holds the states after the batch; the runner resets it if the batch's
+        transaction fails.
+        """
+        first = events[0].position
+        states: dict[str, AppState] = {}
+        steps = []
+        for event in events:
+            app = app_of(event)
+            if app is None:
+                continue
+            if app not in states:
+                states[app] = await self.get(conn, app, first - 1, event.version)
+            before = states[app]
+            states[app] = after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
+            steps.append((app, before, after, event))
+        for app, state in states.items():
+            self.put(app, state)
+        return steps
+
     def put(self, app: str, state: AppState) -> None:
         self._states[app] = state
         self._states.move_to_end(app)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from services.domain import app as app_aggregate
-from services.domain.app import AppState
-from services.projectors.app_states import AppStates, app_of
+from services.projectors.app_states import AppStates
 from services.storage.event_log import StoredEvent
 
 _FACTS = msgspec.json.Encoder()
@@ -46,20 +44,10 @@ class CertificatesProjection:
         `evolve` keeps unchanged DomainState/EndpointState objects, so identity tells what an
         event changed; the cost is proportional to the change, not to the app's size.
         """
-        states: dict[str, AppState] = {}
-        first = events[0].position
         apps: dict[str, tuple[object, ...] | None] = {}
         domains: dict[str, tuple[object, ...] | None] = {}
         endpoints: dict[tuple[str, str], tuple[object, ...] | None] = {}
-        for event in events:
-            app = app_of(event)
-            if app is None:
-                continue
-            if app not in states:
-                states[app] = await self.states.get(conn, app, first - 1, event.version)
-            before = states[app]
-            after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
-            states[app] = after
+        for app, before, after, event in await self.states.transitions(conn, events):
             position, at = event.position, event.recorded_at
             if not after.exists:
                 apps[app] = None
@@ -92,8 +80,6 @@ class CertificatesProjection:
                     app, name, new_e.endpoint_type.value, _FACTS.encode(c).decode(),
                     after.served_by(name), c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
-        for app, state in states.items():
-            self.states.put(app, state)
         await _write(conn, f'"{schema}".apps', ["name"], apps)
         await _write(conn, f'"{schema}".domains', ["hostname"], domains)
         await _write(conn, f'"{schema}".endpoints', ["app", "name"], endpoints)

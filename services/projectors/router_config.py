@@ -20,10 +20,9 @@ from nats.js.kv import KeyValue
 
 from events.endpoint import CertAdded, CertUpdated, EndpointType
 from events.router import RouterConfigEntry, RouterKeySeal
-from services.domain import app as app_aggregate
-from services.domain.app import AppState, EndpointState, hosts_changed
+from services.domain.app import EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, seal_for_router
-from services.projectors.app_states import AppStates, app_of
+from services.projectors.app_states import AppStates
 from services.storage.event_log import StoredEvent
 from services.subjects import hostname_of_kv_key, kv_key
 
@@ -141,22 +140,13 @@ class RouterConfigProjection:
 
     async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
         table = f'"{schema}".router_config'
-        first = events[0].position
-        states: dict[str, AppState] = {}
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
 
         await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
-        for event in events:
-            app = app_of(event)
-            if app is None:
-                continue
-            if app not in states:
-                states[app] = await self.states.get(conn, app, first - 1, event.version)
-            before = states[app]
-            states[app] = after = app_aggregate.evolve(before, event.event)  # type: ignore[arg-type]
+        for app, before, after, event in await self.states.transitions(conn, events):
             for host in hosts_changed(before, after):
                 steps.append((app, host, after.endpoint_for(host), event.position))
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
@@ -178,8 +168,6 @@ class RouterConfigProjection:
             if current is None or current[0] != row:
                 rows[host] = (row, position)
                 changed.add(host)
-        for app, state in states.items():
-            self.states.put(app, state)
         deleted = [h for h in changed if rows[h] is None]
         if deleted:
             await conn.execute(f"delete from {table} where hostname = any($1)", deleted)
