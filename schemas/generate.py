@@ -13,7 +13,7 @@ import msgspec
 
 from events.codec import CommandEnvelope
 from events.replies import CommandReply, QueryReply
-from events.router import RouterConfigEntry
+from events.router import ConfigCheckpoint, RouterConfigEntry, RouterStatus
 from events.union import AnyCommand, AnyEvent
 
 OUT = Path(__file__).parent / "json"
@@ -25,6 +25,8 @@ DOCUMENTS = {
     "CommandReply": CommandReply,
     "QueryReply": QueryReply,
     "RouterConfigEntry": RouterConfigEntry,
+    "RouterStatus": RouterStatus,
+    "ConfigCheckpoint": ConfigCheckpoint,
 }
 
 

@@ -27,6 +27,7 @@ class Settings:
     extra_ca_file: str = ""
     trust_system_store: bool = True
     router_bucket: str = "ROUTER_CONFIG"
+    router_status_stream: str = "ROUTER_STATUS"  # keeps each router's last status report
     dns_zone: str = "certplanedns.example"
     router_public_key: str = ""  # base64 X25519; else derived from router_key_file
     router_key_file: Path = field(default_factory=lambda: state_dir() / "router.key")
@@ -44,6 +45,7 @@ class Settings:
             extra_ca_file=e.get("CERTPLANE_EXTRA_CA_FILE", ""),
             trust_system_store=e.get("CERTPLANE_TRUST_SYSTEM_STORE", "1") != "0",
             router_bucket=e.get("CERTPLANE_ROUTER_BUCKET", "ROUTER_CONFIG"),
+            router_status_stream=e.get("CERTPLANE_ROUTER_STATUS_STREAM", "ROUTER_STATUS"),
             dns_zone=e.get("CERTPLANE_DNS_ZONE", "certplanedns.example"),
             router_public_key=e.get("CERTPLANE_ROUTER_PUBLIC_KEY", ""),
             router_key_file=Path(e.get("CERTPLANE_ROUTER_KEY_FILE") or state_dir() / "router.key"),

@@ -7,6 +7,7 @@ so it is always a safe NATS token.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 NON_APP = "_"  # the app token of requests that concern no single app (app names never are "_")
@@ -32,8 +33,26 @@ class Subjects:
         """Answered by the instance leading `projection` (standbys stay silent)."""
         return f"{self.prefix}.ops.projections.{projection}.rebuild"
 
+    def router_status(self, router_id: str) -> str:
+        """Where router `router_id` reports what it serves (see `router_id_token`)."""
+        return f"{self.prefix}.router.{router_id}.status"
+
+    def all_router_statuses(self) -> str:
+        return f"{self.prefix}.router.*.status"
+
 
 GATEWAY_QUEUE = "gateway"
+
+
+CHECKPOINT_KEY = "_checkpoint"  # never a hostname's key: `*` only ever stands as a whole label
+
+
+def router_id_token(text: str) -> str:
+    """A router id as one safe NATS token: letters, digits, `-` and `_` only."""
+    token = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+    if not token:
+        raise ValueError(f"{text!r} cannot be a router id: use letters, digits, '-' or '_'")
+    return token
 
 
 def kv_key(hostname: str) -> str:

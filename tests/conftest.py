@@ -101,6 +101,7 @@ def settings(
         extra_ca_file=str(ca_file),
         trust_system_store=False,
         router_bucket=f"ROUTER_CONFIG_{prefix}",
+        router_status_stream=f"ROUTER_STATUS_{prefix}",
         router_key_file=key_file,
     )
 
@@ -161,6 +162,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         CERTPLANE_EXTRA_CA_FILE=settings.extra_ca_file,
         CERTPLANE_TRUST_SYSTEM_STORE="1" if settings.trust_system_store else "0",
         CERTPLANE_ROUTER_BUCKET=settings.router_bucket,
+        CERTPLANE_ROUTER_STATUS_STREAM=settings.router_status_stream,
         CERTPLANE_ROUTER_KEY_FILE=str(settings.router_key_file),
         CERTPLANE_DNS_ZONE=settings.dns_zone,
         PYTHONPATH=str(REPO),

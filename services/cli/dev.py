@@ -18,7 +18,8 @@ from services.devcerts import DevCA
 from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
 from services.gateway.service import Gateway
-from services.projectors.service import load_router_private_key, run_projectors
+from services.projectors.service import run_projectors
+from services.router_key import load_router_private_key
 from services.runner import setup_logging, tune_gc
 from services.storage.database import ensure_database, redact
 

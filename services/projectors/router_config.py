@@ -4,7 +4,9 @@ Rows are recomputed per event from the folded app state (`AppState.serving`), co
 the previous rows, and only differences are written; `position` is the event that last
 changed a row (its config version). After commit the changed hostnames are published to the
 JetStream KV bucket (ROUTER_CONFIG); `reconcile` compares the whole bucket with the table and
-repairs any difference, so a wiped or stale bucket heals. Private keys are decrypted here
+repairs any difference, so a wiped or stale bucket heals. After each batch's entries the
+`_checkpoint` key (ConfigCheckpoint) is written too, even when no entry changed: a router
+that has applied it knows it serves the config of that log position. Private keys are decrypted here
 (with the data key, unwrapped by the master key) only to be sealed to the routers' key.
 """
 
@@ -19,12 +21,12 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from events.endpoint import CertAdded, CertUpdated, EndpointType
-from events.router import RouterConfigEntry, RouterKeySeal
+from events.router import ConfigCheckpoint, RouterConfigEntry, RouterKeySeal
 from services.domain.app import EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, seal_for_router
 from services.projectors.app_states import AppStates
 from services.storage.event_log import StoredEvent
-from services.subjects import hostname_of_kv_key, kv_key
+from services.subjects import CHECKPOINT_KEY, hostname_of_kv_key, kv_key
 
 log = logging.getLogger("certplane.projector.router_config")
 _SEAL = msgspec.json.Encoder()
@@ -48,6 +50,10 @@ def _entry(hostname: str, row: Row, position: int) -> bytes:
     )  # fmt: skip
 
 
+def _checkpoint(position: int) -> bytes:
+    return ENTRY_ENCODER.encode(ConfigCheckpoint(position=position))
+
+
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
@@ -61,6 +67,7 @@ class RouterConfigProjection:
         self._seals: dict[str, tuple[str | None, str]] = {}
         self._dirty: dict[str, bytes | None] = {}  # hostname -> KV value (None: delete)
         self._needs_reconcile = False
+        self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
 
     def reset(self) -> None:
         self.states.reset()
@@ -143,6 +150,7 @@ class RouterConfigProjection:
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
 
+        self._applied_to = events[-1].position
         await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
@@ -204,7 +212,7 @@ class RouterConfigProjection:
         return {r[0]: _entry(r[0], tuple(r[1:9]), r[9]) for r in rows}  # type: ignore[arg-type]
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
-        if not self._dirty or self.kv is None:
+        if self.kv is None:
             self._dirty.clear()
             return
         entries, self._dirty = self._dirty, {}
@@ -220,6 +228,8 @@ class RouterConfigProjection:
                     for h in hosts
                 )
             )
+            # only after every entry is acked: the stream orders it after them
+            await kv.put(CHECKPOINT_KEY, _checkpoint(self._applied_to))
         except Exception as e:  # the table is the truth; reconcile repairs the bucket
             log.warning("publishing to the KV bucket failed (%s); will reconcile", e)
             self._needs_reconcile = True
@@ -236,7 +246,7 @@ class RouterConfigProjection:
                 present = []
             puts = deletes = 0
             for host in present:
-                if host not in wanted:
+                if kv_key(host) != CHECKPOINT_KEY and host not in wanted:
                     await self.kv.delete(kv_key(host))
                     deletes += 1
             for host, value in wanted.items():
@@ -247,6 +257,15 @@ class RouterConfigProjection:
                 if current != value:
                     await self.kv.put(kv_key(host), value)
                     puts += 1
+            checkpoint = await conn.fetchval(
+                "select position from projector_checkpoints where name = $1", self.name
+            )
+            try:
+                published = (await self.kv.get(CHECKPOINT_KEY)).value
+            except KeyNotFoundError:
+                published = None
+            if published != (value := _checkpoint(checkpoint or 0)):
+                await self.kv.put(CHECKPOINT_KEY, value)
             self._needs_reconcile = False
             if puts or deletes:
                 log.info("reconciled the KV bucket: %d put, %d deleted", puts, deletes)

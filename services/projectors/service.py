@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
-from pathlib import Path
 
 import nats
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nats.js.errors import BucketNotFoundError
 
 from events.codec import encode
 from events.replies import RebuildStarted
 from services.config import Settings
-from services.domain.key_envelope import public_bytes
 from services.gateway.key_custody import load_master_key
 from services.gateway.service import connect_nats
 from services.projectors.audit import AuditProjection
@@ -24,35 +19,12 @@ from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.projection import Projection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
+from services.router_key import router_public_key
 from services.subjects import Subjects
 
 log = logging.getLogger("certplane.projector")
 
 NAMES = ("certificates", "dns_targets", "router_config", "audit")
-
-
-def load_router_private_key(settings: Settings, *, create: bool = False) -> X25519PrivateKey:
-    """The routers' key (the operator gives it to every router); created 0600 when `create`."""
-    path = Path(settings.router_key_file)
-    if not path.exists():
-        if not create:
-            raise FileNotFoundError(
-                f"no router key: create {path} (`certplane dev` does) or set CERTPLANE_ROUTER_PUBLIC_KEY"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = X25519PrivateKey.generate()
-        raw = key.private_bytes_raw()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(raw).decode() + "\n")
-        return key
-    return X25519PrivateKey.from_private_bytes(base64.b64decode(path.read_text().strip()))
-
-
-def router_public_key(settings: Settings) -> bytes:
-    if settings.router_public_key:
-        return base64.b64decode(settings.router_public_key)
-    return public_bytes(load_router_private_key(settings).public_key())
 
 
 async def router_bucket(nc: nats.NATS, name: str):  # type: ignore[no-untyped-def]

@@ -18,9 +18,9 @@ from events.domain import AddDomain, RemoveDomain
 from events.endpoint import RemoveCert
 from events.projection import SkipProjection
 from events.replies import Accepted, ProjectionsView, RebuildStarted
-from events.router import RouterConfigEntry
+from events.router import ConfigCheckpoint, RouterConfigEntry
 from services.domain.key_envelope import open_router_seal
-from services.subjects import Subjects, kv_key
+from services.subjects import CHECKPOINT_KEY, Subjects, kv_key
 from tests.conftest import projected
 from tests.integration.helpers import add_cert, update_cert
 
@@ -76,6 +76,8 @@ async def kv_revisions(settings) -> dict[str, tuple[int, bytes]]:
         out = {}
         with contextlib.suppress(Exception):
             for key in await kv.keys():
+                if key == CHECKPOINT_KEY:  # not a hostname: the config position (below)
+                    continue
                 entry = await kv.get(key)
                 out[key] = (entry.revision, entry.value)
         return out
@@ -185,7 +187,13 @@ async def test_a_wiped_bucket_is_repopulated(cp, ca, settings, gateway) -> None:
                 break
             await asyncio.sleep(0.05)
         assert {k: v for k, (_, v) in (await kv_revisions(settings)).items()} == published
-        assert last > 0
+        nc = await nats.connect(settings.nats_url)
+        kv = await nc.jetstream().key_value(settings.router_bucket)
+        checkpoint = msgspec.json.decode(
+            (await kv.get(CHECKPOINT_KEY)).value, type=ConfigCheckpoint
+        )
+        await nc.close()
+        assert checkpoint.position >= last, "routers would not know which position they serve"
     finally:
         stop.set()
         await task
