@@ -139,3 +139,27 @@ class DevCA:
         files["key"].chmod(0o600)
         files["ca"].write_bytes(self.root.cert_pem)
         return files
+
+    def save(self, directory: Path) -> None:
+        """Keep the CA (keys 0600) so later leaves chain to the same root."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, issued in (("root", self.root), ("intermediate", self.intermediate)):
+            (directory / f"{name}.crt").write_bytes(issued.cert_pem)
+            key = directory / f"{name}.key"
+            key.touch(mode=0o600)
+            key.write_bytes(issued.key_pem)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, name: str = "certplane dev") -> DevCA:
+        def load(stem: str) -> Issued:
+            cert = x509.load_pem_x509_certificate((directory / f"{stem}.crt").read_bytes())
+            key = serialization.load_pem_private_key(
+                (directory / f"{stem}.key").read_bytes(), password=None
+            )
+            return Issued(cert, key)  # type: ignore[arg-type]
+
+        if (directory / "intermediate.key").exists():
+            return cls(load("root"), load("intermediate"))
+        ca = cls.create(name)
+        ca.save(directory)
+        return ca

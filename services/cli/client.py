@@ -82,6 +82,11 @@ class ControlPlane:
             raise Unavailable(f"cannot reach NATS at {self.url}: {reason}", url=self.url) from e
         writer.close()
 
+    @property
+    def nc(self) -> nats.NATS:
+        """The connection, for what is read straight from NATS (router reports)."""
+        return self._nc
+
     async def __aexit__(self, *exc: object) -> None:
         if self._nc is not None:
             await self._nc.close()

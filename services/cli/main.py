@@ -34,12 +34,21 @@ from events.replies import (
 )
 from services.cli import output
 from services.cli.client import ControlPlane
+from services.cli.routers import (
+    last_reports,
+    live,
+    print_wait_result,
+    routers_table,
+    wait_for_routers,
+)
 from services.config import Settings
+from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
 from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
 from services.domain.naming import validate_app_name
 from services.domain.x509_bundle import matching_key, order_chain, split_material
+from services.subjects import router_id_token
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 T = TypeVar("T")
@@ -160,6 +169,16 @@ async def _change(args: argparse.Namespace, label: str, command: Command) -> Acc
     return reply
 
 
+async def _maybe_wait(cp: ControlPlane, args: argparse.Namespace, position: int) -> None:
+    """With --wait: return once every live router serves `position`, or exit 1 saying which
+    do not."""
+    if not getattr(args, "wait", False):
+        return
+    routers, behind = await wait_for_routers(cp.nc, _settings(), position, args.wait_timeout)
+    if not print_wait_result(position, routers, behind):
+        raise SystemExit(EXIT_REJECTED)
+
+
 # -- apps ---------------------------------------------------------------------------------
 
 
@@ -266,6 +285,7 @@ async def certs_add(args: argparse.Namespace) -> None:
         reply = _check(await cp.command(command))
         _done(args)
         view = await _app_view(cp, app) if await _projected(cp, reply.position) else None
+        await _maybe_wait(cp, args, reply.position)
     if view is not None and not args.json:
         targets = {d.hostname: d.dns_target for d in view.domains}
         for event in reply.events:
@@ -367,6 +387,7 @@ async def certs_update(args: argparse.Namespace) -> None:
         reply = _check(await cp.command(command))
         _done(args)
         await _projected(cp, reply.position)
+        await _maybe_wait(cp, args, reply.position)
     _print_cert_result(reply, args)
 
 
@@ -374,7 +395,10 @@ async def certs_remove(args: argparse.Namespace) -> None:
     app = _app(args)
     _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
     label = f"Removing SSL certificate {args.name or ''} from {app}".replace("  ", " ")
-    await _change(args, label, RemoveCert(app=app, name=args.name))
+    reply = await _change(args, label, RemoveCert(app=app, name=args.name))
+    if args.wait:
+        async with _control_plane() as cp:
+            await _maybe_wait(cp, args, reply.position)
 
 
 def certs_chain(args: argparse.Namespace) -> None:
@@ -425,7 +449,6 @@ async def domains_info(args: argparse.Namespace) -> None:
 
 
 def _normalize_or_fail(hostname: str) -> str:
-    from services.domain.domain_name import normalize_hostname
 
     try:
         return normalize_hostname(hostname)
@@ -541,6 +564,89 @@ def projector_cmd(args: argparse.Namespace) -> None:
     run_service("projector", lambda stop: run_projectors(_settings(), args.names, stop))
 
 
+# -- routers ------------------------------------------------------------------------------
+
+
+async def routers_list(args: argparse.Namespace) -> None:
+    async with _control_plane() as cp:
+        seen = await last_reports(cp.nc, _settings())
+        checkpoints = await cp.query(None, "checkpoints")
+    now = dt.datetime.now(dt.UTC)
+    head = checkpoints.head if isinstance(checkpoints, Checkpoints) else None
+    if args.json:
+        output.print_json(
+            [
+                {"status": s.status, "seen_at": s.at, "live": s.status in live(seen, now)}
+                for s in sorted(seen.values(), key=lambda s: s.status.router_id)
+            ]
+        )
+        return
+    routers = live(seen, now)
+    print(f"=== Routers ({len(routers)} live)")
+    if routers:
+        print(routers_table(seen, head, now))
+    else:
+        print("No router has reported recently. Start one with `certplane router`.")
+
+
+async def wait_cmd(args: argparse.Namespace) -> None:
+    async with _control_plane() as cp:
+        routers, behind = await wait_for_routers(
+            cp.nc, _settings(), args.position, args.wait_timeout
+        )
+    if args.json:
+        output.print_json({"position": args.position, "live": len(routers), "behind": behind})
+        if behind:
+            raise SystemExit(EXIT_REJECTED)
+        return
+    if not print_wait_result(args.position, routers, behind):
+        raise SystemExit(EXIT_REJECTED)
+
+
+def router_cmd(args: argparse.Namespace) -> None:
+    from services.router.service import Router, RouterOptions
+    from services.runner import run_service
+
+    try:
+        options = RouterOptions(
+            router_id=router_id_token(args.id) if args.id else "",
+            host=args.host,
+            https_port=args.https_port,
+            http_port=args.http_port,
+            upstreams=args.upstream or [],
+            drain_timeout=args.drain_timeout,
+            ready_file=args.ready_file or "",
+        )
+        router = Router(_settings(), options)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(EXIT_USAGE, str(e))
+    run_service("router", router.run)
+
+
+def certs_generate(args: argparse.Namespace) -> None:
+    from services.config import state_dir
+    from services.devcerts import DevCA, cert_pem
+
+    try:
+        hosts = [normalize_hostname(h) for h in args.hostnames]
+    except RejectedError as e:
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+    ca = DevCA.load_or_create(state_dir() / "dev-ca")
+    leaf = ca.leaf(*hosts, key_kind=args.key_type)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = hosts[0].replace("*", "wildcard")
+    crt, key, root = out / f"{stem}.crt", out / f"{stem}.key", out / "certplane-dev-ca.crt"
+    crt.write_bytes(leaf.cert_pem + ca.intermediate.cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(leaf.key_pem)
+    root.write_bytes(cert_pem(ca.root.cert))
+    print(f"Generated a certificate for {', '.join(hosts)} signed by the certplane dev CA:")
+    print(f"  {crt}  (certificate and intermediate)\n  {key}  (private key, mode 0600)")
+    print(f"  {root}  (the dev root CA: trust it with curl --cacert)")
+    print(f"Add it with: certplane certs:add {crt} {key} -a APP")
+
+
 def dev_cmd(args: argparse.Namespace) -> None:
     from services.cli.dev import run_dev
 
@@ -566,6 +672,14 @@ def _add(
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=handler)
     return p
+
+
+def _wait_flags(p: argparse.ArgumentParser, *, flag: str | None) -> None:
+    if flag:
+        p.add_argument(
+            flag, action="store_true", help="return once every live router serves the change"
+        )
+    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for routers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -614,6 +728,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "certs:remove", certs_remove, "remove an SSL certificate from an app")
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
     p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
+    for name in ("certs:add", "certs:update", "certs:remove"):
+        _wait_flags(sub.choices[name], flag="--wait")
+    p = _add(
+        sub, "certs:generate", certs_generate,
+        "create a certificate signed by a local dev CA (for trying certplane)", app=False,
+        json=False,
+    )  # fmt: skip
+    p.add_argument("hostnames", nargs="+", metavar="HOSTNAME")
+    p.add_argument("--out", default=".", help="directory to write to (default: here)")
+    p.add_argument("--key-type", default="ec", choices=["ec", "rsa2048", "rsa4096"])
     p = _add(
         sub,
         "certs:chain",
@@ -665,6 +789,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "names", nargs="*", metavar="NAME", help="certificates, dns_targets, router_config, audit"
     )
+
+    _add(sub, "routers", routers_list, "list live routers and the config they serve", app=False)
+    p = _add(sub, "wait", wait_cmd, "wait until every live router serves a log position", app=False)
+    p.add_argument("position", metavar="POSITION", type=int, help="from a command's reply")
+    _wait_flags(p, flag=None)
+    p = _add(sub, "router", router_cmd, "run a TLS router", app=False, json=False)
+    p.add_argument("--id", help="router id (default: HOSTNAME-HTTPSPORT)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--https-port", type=int, default=8443, help="0 for any free port")
+    p.add_argument("--http-port", type=int, default=8080, help="0 for any free port, -1 for none")
+    p.add_argument(
+        "--upstream", action="append", metavar="APP=URL",
+        help="where an app's requests go (APP * for every app; URL `echo` answers itself)",
+    )  # fmt: skip
+    p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds, on SIGTERM")
+    p.add_argument("--ready-file", help="write the router's id and URLs here once listening")
 
     _add(
         sub,

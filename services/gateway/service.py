@@ -8,12 +8,12 @@ import logging
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.msg import Msg
 
 from events.codec import COMMAND_DECODER, encode
 from events.replies import GatewayKey, QueryParams, Rejected
 from events.union import tag_of
+from services.bus import connect_nats
 from services.config import Settings
 from services.domain.errors import Rejected as RejectedError
 from services.domain.x509_bundle import TrustStore
@@ -28,22 +28,6 @@ from services.telemetry import PROPAGATOR, current_traceparent, new_traceparent,
 
 log = logging.getLogger("certplane.gateway")
 _PARAMS = msgspec.json.Decoder(QueryParams)
-
-
-async def connect_nats(url: str, name: str, **kwargs: Any) -> nats.NATS:
-    """Connect with endless reconnects: a NATS restart must not end a long-running service."""
-
-    async def on_error(e: Exception) -> None:
-        log.warning("nats: %s", e)
-
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        error_cb=on_error,
-        **kwargs,
-    )
 
 
 class Gateway:

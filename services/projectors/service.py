@@ -10,9 +10,9 @@ from nats.js.errors import BucketNotFoundError
 
 from events.codec import encode
 from events.replies import RebuildStarted
+from services.bus import connect_nats
 from services.config import Settings
 from services.gateway.key_custody import load_master_key
-from services.gateway.service import connect_nats
 from services.projectors.audit import AuditProjection
 from services.projectors.certificates import CertificatesProjection
 from services.projectors.dns_targets import DnsTargetsProjection
