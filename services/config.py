@@ -50,3 +50,21 @@ class Settings:
             router_public_key=e.get("CERTPLANE_ROUTER_PUBLIC_KEY", ""),
             router_key_file=Path(e.get("CERTPLANE_ROUTER_KEY_FILE") or state_dir() / "router.key"),
         )
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the CERTPLANE_* variables `from_env` reads (for child processes)."""
+        return {
+            "CERTPLANE_DATABASE_URL": self.database_url,
+            "CERTPLANE_NATS_URL": self.nats_url,
+            "CERTPLANE_PREFIX": self.prefix,
+            "CERTPLANE_SERVICE_ROLE": self.service_role,
+            "CERTPLANE_MASTER_KEY": self.master_key,
+            "CERTPLANE_MASTER_KEY_FILE": str(self.master_key_file),
+            "CERTPLANE_EXTRA_CA_FILE": self.extra_ca_file,
+            "CERTPLANE_TRUST_SYSTEM_STORE": "1" if self.trust_system_store else "0",
+            "CERTPLANE_ROUTER_BUCKET": self.router_bucket,
+            "CERTPLANE_ROUTER_STATUS_STREAM": self.router_status_stream,
+            "CERTPLANE_DNS_ZONE": self.dns_zone,
+            "CERTPLANE_ROUTER_PUBLIC_KEY": self.router_public_key,
+            "CERTPLANE_ROUTER_KEY_FILE": str(self.router_key_file),
+        }

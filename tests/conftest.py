@@ -154,19 +154,7 @@ async def cp(settings: Settings, gateway: object) -> AsyncIterator[ControlPlane]
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTPLANE_")}
-    env.update(
-        CERTPLANE_DATABASE_URL=settings.database_url,
-        CERTPLANE_NATS_URL=settings.nats_url,
-        CERTPLANE_PREFIX=settings.prefix,
-        CERTPLANE_MASTER_KEY=settings.master_key,
-        CERTPLANE_EXTRA_CA_FILE=settings.extra_ca_file,
-        CERTPLANE_TRUST_SYSTEM_STORE="1" if settings.trust_system_store else "0",
-        CERTPLANE_ROUTER_BUCKET=settings.router_bucket,
-        CERTPLANE_ROUTER_STATUS_STREAM=settings.router_status_stream,
-        CERTPLANE_ROUTER_KEY_FILE=str(settings.router_key_file),
-        CERTPLANE_DNS_ZONE=settings.dns_zone,
-        PYTHONPATH=str(REPO),
-    )
+    env.update(settings.environment(), PYTHONPATH=str(REPO))
     env.update(extra)
     return env
 

@@ -831,6 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
         json=False,
     )
     p.add_argument("--demo", action="store_true", help="run a scripted demo against it, then exit")
+    p.add_argument("--https-port", type=int, default=8443, help="the router's (0: any free port)")
+    p.add_argument("--http-port", type=int, default=8080, help="the router's (0: any free port)")
     return parser
 
 

@@ -67,6 +67,12 @@ class ConfigWatcher:
             except Exception as e:  # any failure: wait, then start over from a snapshot
                 delay = RETRY_SCHEDULE[min(attempt, len(RETRY_SCHEDULE) - 1)]
                 attempt += 1
+                if isinstance(e, BucketNotFoundError):
+                    log.info("no bucket %s yet (is `certplane projector` running?); "
+                             "retrying in %.1fs", self.bucket, delay)  # fmt: skip
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    continue
                 log.warning("watching %s failed (%s); attempt %d in %.1fs",
                             self.bucket, e or type(e).__name__, attempt, delay)  # fmt: skip
                 with contextlib.suppress(TimeoutError):

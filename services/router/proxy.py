@@ -200,7 +200,8 @@ class HttpsProxy(HttpListener):
             size = await discard_body(framing, reader)
             body = json.dumps(
                 {"app": route.app, "endpoint": route.endpoint, "method": method,
-                 "target": target, "headers": headers, "body_bytes": size}, indent=1,
+                 "target": target, "headers": [f"{k}: {v}" for k, v in headers],
+                 "body_bytes": size}, indent=1,
             ).encode()  # fmt: skip
             response = simple_response(
                 200, body + b"\n", content_type="application/json", close=not keep

@@ -27,7 +27,17 @@ def test_dev_demo_runs_on_embedded_servers(tmp_path: Path) -> None:
         PYTHONPATH=str(REPO),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "dev", "--demo"],
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "dev",
+            "--demo",
+            "--https-port",
+            "0",
+            "--http-port",
+            "0",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -41,5 +51,7 @@ def test_dev_demo_runs_on_embedded_servers(tmp_path: Path) -> None:
     )
     assert "NATS: none at nats://127.0.0.1:1; started an embedded one" in result.stdout
     assert "Adding SSL to" in result.stdout and "Demo complete." in result.stdout
+    assert "served by all 1 live router(s)" in result.stdout, "certs:add --wait did not converge"
+    assert "X-Forwarded-Proto: https" in result.stdout, "the router did not answer"
     key_file = tmp_path / "state" / "master.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
