@@ -175,7 +175,7 @@ async def _maybe_wait(cp: ControlPlane, args: argparse.Namespace, position: int)
     if not getattr(args, "wait", False):
         return
     routers, behind = await wait_for_routers(cp.nc, _settings(), position, args.wait_timeout)
-    if not print_wait_result(position, routers, behind):
+    if not print_wait_result(position, routers, behind, quiet=args.json):
         raise SystemExit(EXIT_REJECTED)
 
 

@@ -97,8 +97,11 @@ async def wait_for_routers(
         await sub.unsubscribe()
 
 
-def print_wait_result(position: int, routers: list[RouterStatus], behind: list[Behind]) -> bool:
-    """Say the outcome as a person reads it; True when every live router serves `position`."""
+def print_wait_result(
+    position: int, routers: list[RouterStatus], behind: list[Behind], *, quiet: bool = False
+) -> bool:
+    """Say the outcome as a person reads it; True when every live router serves `position`.
+    `quiet` (under --json) keeps stdout for JSON: only problems are said, on stderr."""
     if not routers:
         output.warn(
             f"No router is live, so none serves position {position} yet "
@@ -106,7 +109,8 @@ def print_wait_result(position: int, routers: list[RouterStatus], behind: list[B
         )
         return True
     if not behind:
-        print(f"Position {position} is served by all {len(routers)} live router(s).")
+        if not quiet:
+            print(f"Position {position} is served by all {len(routers)} live router(s).")
         return True
     names = "; ".join(f"{b.router_id} {b.reason}" for b in behind)
     output.warn(
