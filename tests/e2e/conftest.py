@@ -142,7 +142,7 @@ class Upstream:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 if self.path.startswith("/slow"):
                     time.sleep(float(self.path.rsplit("/", 1)[1]))
                 headers = {k: v for k, v in self.headers.items()}
