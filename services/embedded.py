@@ -98,6 +98,12 @@ class EmbeddedNats:
             time.sleep(0.05)
         return self.url
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (JetStream keeps what it had synced in `data_dir`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
