@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 
 log = logging.getLogger("certplane.bus")
 
 
-async def connect_nats(url: str, name: str, **kwargs: Any) -> nats.NATS:
+async def connect_nats(url: str, name: str, **kwargs: Any) -> NATS:
     """Connect with endless reconnects: a NATS restart must not end a long-running service."""
 
     async def on_error(e: Exception) -> None:

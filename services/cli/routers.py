@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import msgspec
 import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -26,7 +28,7 @@ class Seen:
     at: dt.datetime  # when the report reached NATS
 
 
-async def last_reports(nc: nats.NATS, settings: Settings) -> dict[str, Seen]:
+async def last_reports(nc: NATS, settings: Settings) -> dict[str, Seen]:
     """Every router's last report, from the stream that keeps them."""
     js = nc.jetstream()
     subject = Subjects(settings.prefix).all_router_statuses()
@@ -72,12 +74,12 @@ def live(seen: dict[str, Seen], now: dt.datetime | None = None) -> list[RouterSt
 
 
 async def wait_for_routers(
-    nc: nats.NATS, settings: Settings, position: int, seconds: float
+    nc: NATS, settings: Settings, position: int, seconds: float
 ) -> tuple[list[RouterStatus], list[Behind]]:
     """Wait until every live router has applied `position`; (live routers, those behind)."""
     updates: asyncio.Queue[tuple[bytes, dt.datetime]] = asyncio.Queue()
 
-    async def on_report(msg: nats.aio.msg.Msg) -> None:
+    async def on_report(msg: Msg) -> None:
         await updates.put((msg.data, dt.datetime.now(dt.UTC)))
 
     sub = await nc.subscribe(Subjects(settings.prefix).all_router_statuses(), cb=on_report)

@@ -85,7 +85,7 @@ class ConfigWatcher:
         try:
             while not stop.is_set() and not self._resync.is_set():
                 try:
-                    entry = await watcher.updates(timeout=self.check_every)
+                    entry = await watcher.updates(timeout=self.check_every)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
                     if await self._stream_moved(kv):
                         log.info("%s changed under the watch; resyncing", self.bucket)
@@ -105,7 +105,7 @@ class ConfigWatcher:
                     self.on_change()  # report once per burst of updates, not per entry
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _stream_moved(self, kv: KeyValue) -> bool:
         """True when the bucket's stream holds messages the watch has not delivered."""
@@ -113,7 +113,7 @@ class ConfigWatcher:
             status = await kv.status()
         except (BucketNotFoundError, NotFoundError):
             return True
-        return bool(status.info.state.last_seq != self._last_revision)
+        return bool(status.stream_info.state.last_seq != self._last_revision)
 
     def _end_snapshot(self, keys: set[str]) -> None:
         # Hosts absent from a snapshot were removed while we were away (or the bucket was

@@ -33,6 +33,21 @@ CONNECT_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 60.0
 
 
+@dataclass
+class ClientState:
+    """Per client connection: what its handshake chose, and its upstream connection."""
+
+    sni: str | None = None
+    peer: str = ""
+    port: int = 443
+    upstream: tuple[str, asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream[2].close()
+            self.upstream = None
+
+
 @dataclass(eq=False)
 class Connection:
     writer: asyncio.StreamWriter
@@ -125,23 +140,20 @@ class HttpListener:
             pass
         finally:
             self.connections.open.discard(conn)
-            await self.close_state(state)
+            state.drop_upstream()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def new_state(self, writer: asyncio.StreamWriter) -> dict[str, object]:
-        return {}
-
-    async def close_state(self, state: dict[str, object]) -> None:
-        return None
+    def new_state(self, writer: asyncio.StreamWriter) -> ClientState:
+        return ClientState()
 
     async def handle(
         self,
         head: Head,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        state: dict[str, object],
+        state: ClientState,
     ) -> bool:
         raise NotImplementedError
 
@@ -158,27 +170,22 @@ class HttpsProxy(HttpListener):
         super().__init__(connections, keepalive_timeout=keepalive_timeout)
         self.table, self.upstreams = table, upstreams
 
-    def new_state(self, writer: asyncio.StreamWriter) -> dict[str, object]:
+    def new_state(self, writer: asyncio.StreamWriter) -> ClientState:
         sslobj = writer.get_extra_info("ssl_object")
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
-        return {
-            "sni": getattr(sslobj, SNI_ATTRIBUTE, None),
-            "peer": peer[0] if peer else "",
-            "port": local[1] if local else 443,
-        }
-
-    async def close_state(self, state: dict[str, object]) -> None:
-        upstream = state.pop("upstream", None)
-        if upstream is not None:
-            upstream[2].close()  # type: ignore[index]
+        return ClientState(
+            sni=getattr(sslobj, SNI_ATTRIBUTE, None),
+            peer=peer[0] if peer else "",
+            port=local[1] if local else 443,
+        )
 
     async def handle(
         self,
         head: Head,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        state: dict[str, object],
+        state: ClientState,
     ) -> bool:
         method, target, version = _request_line(head)
         framing = request_framing(head)
@@ -186,13 +193,13 @@ class HttpsProxy(HttpListener):
         if host is None:
             raise HttpError(400, "the request has no Host header")
         route = self.table.lookup(_host_only(host))
-        by_sni = self.table.lookup(str(state["sni"] or ""))
+        by_sni = self.table.lookup(state.sni or "")
         if route is None or by_sni is None or route.app != by_sni.app:
             # never let one TLS connection reach another app than the one its SNI chose
             raise HttpError(421, f"{_host_only(host)} is not served on this connection")
         keep = _keep_alive(head, version)
         upstream = self.upstreams.for_app(route.app)
-        headers = self._forwarded(head, str(state["peer"]), int(state["port"]))  # type: ignore[call-overload]
+        headers = self._forwarded(head, state.peer, state.port)
         if upstream is None:
             await discard_body(framing, reader)
             raise HttpError(502, f"no upstream is configured for app {route.app}")
@@ -230,7 +237,7 @@ class HttpsProxy(HttpListener):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         upstream: Upstream,
-        state: dict[str, object],
+        state: ClientState,
         *,
         keep: bool,
     ) -> bool:
@@ -249,8 +256,7 @@ class HttpsProxy(HttpListener):
                     continue
                 break
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError) as e:
-            state.pop("upstream", None)
-            up_writer.close()
+            state.drop_upstream()
             status = 504 if isinstance(e, TimeoutError) else 502
             reason = f"the upstream {upstream.url} failed: {e or type(e).__name__}"
             raise HttpError(status, reason) from e
@@ -263,27 +269,25 @@ class HttpsProxy(HttpListener):
         writer.write(out.encode())
         await relay_body(body, up_reader, writer)
         if not reusable:
-            state.pop("upstream", None)
-            up_writer.close()
+            state.drop_upstream()
         return keep
 
     async def _upstream(
-        self, upstream: Upstream, state: dict[str, object]
+        self, upstream: Upstream, state: ClientState
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """This client connection's upstream connection (reused while keep-alive)."""
-        held = state.get("upstream")
-        if held is not None:
-            url, r, w = held  # type: ignore[misc]
+        if state.upstream is not None:
+            url, r, w = state.upstream
             if url == upstream.url and not r.at_eof() and not w.is_closing():
                 return r, w
-            w.close()
+            state.drop_upstream()
         try:
             r, w = await asyncio.wait_for(
                 asyncio.open_connection(upstream.host, upstream.port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as e:
             raise HttpError(502, f"cannot connect to the upstream {upstream.url} ({e})") from e
-        state["upstream"] = (upstream.url, r, w)
+        state.upstream = (upstream.url, r, w)
         return r, w
 
 
@@ -306,7 +310,7 @@ class PlainHttp(HttpListener):
         head: Head,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        state: dict[str, object],
+        state: ClientState,
     ) -> bool:
         _, target, version = _request_line(head)
         await discard_body(request_framing(head), reader)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 import msgspec
-import nats
+from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
@@ -27,7 +27,7 @@ STATUS_DECODER = msgspec.json.Decoder(RouterStatus)
 KEEP_REPORTS_FOR = 24 * 3600.0  # a router silent for a day is forgotten
 
 
-async def ensure_status_stream(nc: nats.NATS, subjects: Subjects, name: str) -> None:
+async def ensure_status_stream(nc: NATS, subjects: Subjects, name: str) -> None:
     """The stream that keeps each router's last report (idempotent)."""
     config = StreamConfig(
         name=name,
@@ -48,7 +48,7 @@ async def ensure_status_stream(nc: nats.NATS, subjects: Subjects, name: str) -> 
 class StatusReporter:
     def __init__(
         self,
-        nc: nats.NATS,
+        nc: NATS,
         subject: str,
         snapshot: Callable[[RouterState], RouterStatus],
         *,

@@ -270,3 +270,31 @@ def test_routers_converge_after_nats_is_killed_while_commands_flow(
             assert served == expected, router.router_id
     finally:
         bus.stop()
+
+
+def test_a_wiped_bucket_keeps_hosts_served_and_updates_flowing(
+    settings, projector_process, start_router, ca, tmp_path
+) -> None:
+    router = start_router()
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
+    first, _ = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+
+    async def wipe() -> None:
+        nc = await nats.connect(settings.nats_url)
+        await nc.jetstream().delete_key_value(settings.router_bucket)
+        await nc.close()
+
+    asyncio.run(wipe())
+    time.sleep(6)  # longer than the router's idle check: it has noticed and resynced
+    # an empty bucket the projector has not repopulated is not a reason to drop every host
+    assert presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(first.cert_pem)[0]
+    projector_process.stop()
+    projector_process.start()  # a restart repopulates the bucket
+    second = ca.leaf("www.shop.test")
+    files = ca.write(tmp_path / "second", second)
+    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
+       "-a", "shop", "--confirm", "shop", "--wait")  # fmt: skip
+    assert (
+        presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(second.cert_pem)[0]
+    )
