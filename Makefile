@@ -13,6 +13,7 @@ test:
 bench:
 	$(PY) bench/command_path.py
 	$(PY) bench/projections.py
+	$(PY) bench/router.py
 
 schemas:
 	$(PY) -m schemas.generate
