@@ -603,6 +603,12 @@ async def wait_cmd(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_REJECTED)
 
 
+def _upstreams_from_env() -> list[str]:
+    """CERTPLANE_ROUTER_UPSTREAMS: `APP=URL,APP=URL` (flags given later win)."""
+    text = os.environ.get("CERTPLANE_ROUTER_UPSTREAMS", "")
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def router_cmd(args: argparse.Namespace) -> None:
     from services.router.service import Router, RouterOptions
     from services.runner import run_service
@@ -613,7 +619,7 @@ def router_cmd(args: argparse.Namespace) -> None:
             host=args.host,
             https_port=args.https_port,
             http_port=args.http_port,
-            upstreams=args.upstream or [],
+            upstreams=_upstreams_from_env() + (args.upstream or []),
             drain_timeout=args.drain_timeout,
             ready_file=args.ready_file or "",
         )

@@ -1,4 +1,5 @@
-"""Where each app's traffic goes: `--upstream APP=URL` (APP `*` for every other app).
+"""Where each app's traffic goes: `--upstream APP=URL` (APP `*` for every other app), also
+from CERTPLANE_ROUTER_UPSTREAMS (`APP=URL,APP=URL`); a later mapping of an app wins.
 
 `echo` as the URL is the built-in echo upstream (for the demo): the router answers itself
 with what it would have sent an upstream, as JSON.

@@ -178,7 +178,9 @@ def upstream() -> Iterator[Upstream]:
 class RouterProcess(ServiceProcess):
     """`certplane router` on free ports; `https_port`/`http_port`/`router_id` once ready."""
 
-    def __init__(self, settings: Settings, tmp_path: Path, name: str, upstream: str) -> None:
+    def __init__(
+        self, settings: Settings, tmp_path: Path, name: str, upstream: str, **env: str
+    ) -> None:
         self.ready_file = tmp_path / f"{name}.ready"
         super().__init__(
             settings,
@@ -186,6 +188,7 @@ class RouterProcess(ServiceProcess):
              "--upstream", f"*={upstream}", "--ready-file", str(self.ready_file),
              "--drain-timeout", "5"],
             tmp_path / f"{name}.log",
+            **env,
         )  # fmt: skip
         self.router_id = name
 

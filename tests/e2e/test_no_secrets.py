@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.devcerts import DevCA, Issued, new_key
 from tests.conftest import run_cli
-from tests.e2e.conftest import ServiceProcess, wait_for_gateway
+from tests.e2e.conftest import RouterProcess, ServiceProcess, wait_for_gateway
 
 
 def forms(key) -> list[bytes]:
@@ -78,6 +78,9 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
         CERTPLANE_METRICS_EXPORT="console",
         CERTPLANE_METRICS_INTERVAL="1",
     ).start()
+    router = await asyncio.to_thread(
+        RouterProcess(settings, tmp_path, "router-1", "echo", CERTPLANE_LOG_LEVEL="DEBUG").start
+    )
     outputs: list[str] = []
 
     def cli(*args: str, code: int = 0) -> None:
@@ -109,7 +112,7 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     await asyncio.to_thread(cli, "certs:remove", "-a", "shop", "--confirm", "shop", "--json")
     await asyncio.to_thread(cli, "domains:add", "api.example.com", "-a", "shop")
     await asyncio.to_thread(
-        cli, "certs:add", str(d / "chain"), str(d / "crt"), str(d / "key"), "-a", "shop"
+        cli, "certs:add", str(d / "chain"), str(d / "crt"), str(d / "key"), "-a", "shop", "--wait"
     )
     kv = await spy.jetstream().key_value(settings.router_bucket)
     kv_values = b"\n".join([(await kv.get(k)).value for k in await kv.keys()])
@@ -120,7 +123,9 @@ async def test_no_private_key_in_clear_anywhere(settings, ca: DevCA, tmp_path: P
     await spy.close()
     assert gateway.stop() == 0
     assert projector.stop() == 0
-    log_text = gateway.output + projector.output
+    assert router.stop() == 0
+    log_text = gateway.output + projector.output + router.output
+    assert "router-1 listening" in router.output
     # lag and throughput are exported as OpenTelemetry metrics
     assert "certplane.projector.events" in projector.output
     assert "certplane.projector.lag" in projector.output
