@@ -31,6 +31,10 @@ class Settings:
     dns_zone: str = "certplanedns.example"
     router_public_key: str = ""  # base64 X25519; else derived from router_key_file
     router_key_file: Path = field(default_factory=lambda: state_dir() / "router.key")
+    audit_key_file: Path = field(default_factory=lambda: state_dir() / "audit-signing.key")
+    audit_public_key: str = ""  # base64 Ed25519: the key auditors trust (pinning)
+    audit_seal_every: int = 1000  # the sealer signs a tree head every N events...
+    audit_seal_seconds: float = 2.0  # ...or when this long has passed with events unsealed
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -49,6 +53,12 @@ class Settings:
             dns_zone=e.get("CERTPLANE_DNS_ZONE", "certplanedns.example"),
             router_public_key=e.get("CERTPLANE_ROUTER_PUBLIC_KEY", ""),
             router_key_file=Path(e.get("CERTPLANE_ROUTER_KEY_FILE") or state_dir() / "router.key"),
+            audit_key_file=Path(
+                e.get("CERTPLANE_AUDIT_KEY_FILE") or state_dir() / "audit-signing.key"
+            ),
+            audit_public_key=e.get("CERTPLANE_AUDIT_PUBLIC_KEY", ""),
+            audit_seal_every=int(e.get("CERTPLANE_AUDIT_SEAL_EVERY", "1000")),
+            audit_seal_seconds=float(e.get("CERTPLANE_AUDIT_SEAL_SECONDS", "2")),
         )
 
     def environment(self) -> dict[str, str]:
@@ -67,4 +77,8 @@ class Settings:
             "CERTPLANE_DNS_ZONE": self.dns_zone,
             "CERTPLANE_ROUTER_PUBLIC_KEY": self.router_public_key,
             "CERTPLANE_ROUTER_KEY_FILE": str(self.router_key_file),
+            "CERTPLANE_AUDIT_KEY_FILE": str(self.audit_key_file),
+            "CERTPLANE_AUDIT_PUBLIC_KEY": self.audit_public_key,
+            "CERTPLANE_AUDIT_SEAL_EVERY": str(self.audit_seal_every),
+            "CERTPLANE_AUDIT_SEAL_SECONDS": str(self.audit_seal_seconds),
         }

@@ -33,6 +33,10 @@ class Subjects:
         """Answered by the instance leading `projection` (standbys stay silent)."""
         return f"{self.prefix}.ops.projections.{projection}.rebuild"
 
+    def audit_checkpoints(self) -> str:
+        """Where the sealer publishes each signed tree head (keep them outside our reach)."""
+        return f"{self.prefix}.audit.checkpoints"
+
     def router_status(self, router_id: str) -> str:
         """Where router `router_id` reports what it serves (see `router_id_token`)."""
         return f"{self.prefix}.router.{router_id}.status"

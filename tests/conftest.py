@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import nats
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.cli.client import ControlPlane
@@ -93,6 +94,10 @@ def settings(
     prefix = f"t{secrets.token_hex(5)}"
     key_file = tmp_path / "router.key"
     key_file.write_text(base64.b64encode(router_key.private_bytes_raw()).decode())
+    audit_key = tmp_path / "audit-signing.key"
+    audit_key.write_text(
+        base64.b64encode(Ed25519PrivateKey.generate().private_bytes_raw()).decode()
+    )
     return dataclasses.replace(
         servers,
         database_url=db_url,
@@ -103,6 +108,9 @@ def settings(
         router_bucket=f"ROUTER_CONFIG_{prefix}",
         router_status_stream=f"ROUTER_STATUS_{prefix}",
         router_key_file=key_file,
+        audit_key_file=audit_key,
+        audit_seal_every=10,  # small, so tests see several heads
+        audit_seal_seconds=0.5,
     )
 
 

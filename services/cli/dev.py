@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.audit.keys import load_signing_key
 from services.cli.client import ControlPlane
 from services.config import Settings, state_dir
 from services.devcerts import DevCA
@@ -131,7 +132,8 @@ def _instructions(settings: Settings, router: dict[str, Any], files: dict[str, P
         "certplane is running:",
         f"  event log  {redact(settings.database_url)}",
         f"  gateway    {settings.nats_url} (subjects {settings.prefix}.cmd.>)",
-        f"  projectors certificates, dns_targets, router_config (KV {settings.router_bucket}), audit",
+        f"  projectors certificates, dns_targets, router_config (KV {settings.router_bucket}), audit,"
+        " sealer",
         f"  router     {router['router_id']}: {https}  {http}",
         "",
         "Try it from another terminal:",
@@ -220,6 +222,7 @@ def run_dev(args: argparse.Namespace) -> None:
         print(f"Database ready ({len(applied)} migration(s) applied).", flush=True)
         load_master_key(settings, create=True)
         load_router_private_key(settings, create=True)
+        load_signing_key(settings, create=True)
         env = {**os.environ, **settings.environment()}
         env.setdefault("CERTPLANE_LOG_LEVEL", "WARNING")  # keep the demo's output readable
         ready = state / "router.ready"

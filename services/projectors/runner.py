@@ -162,6 +162,11 @@ class ProjectorRunner:
             ):
                 await self.projection.reconcile(conn, schema)
                 last_reconcile = now
+            idle = getattr(self.projection, "idle", None)
+            if caught_up and idle is not None:  # e.g. the sealer signs a waiting tail
+                async with conn.transaction():
+                    await idle(conn, schema)
+                await self.projection.after_commit(conn, schema)
             if caught_up:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait(stop), self.poll_interval)

@@ -6,10 +6,12 @@ import asyncio
 import logging
 
 import nats
+from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 
 from events.codec import encode
 from events.replies import RebuildStarted
+from services.audit.keys import load_signing_key
 from services.bus import connect_nats
 from services.config import Settings
 from services.gateway.key_custody import load_master_key
@@ -19,12 +21,13 @@ from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.projection import Projection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
+from services.projectors.sealer import SealerProjection
 from services.router_key import router_public_key
 from services.subjects import Subjects
 
 log = logging.getLogger("certplane.projector")
 
-NAMES = ("certificates", "dns_targets", "router_config", "audit")
+NAMES = ("certificates", "dns_targets", "router_config", "audit", "sealer")
 
 
 async def router_bucket(nc: nats.NATS, name: str):  # type: ignore[no-untyped-def]
@@ -47,7 +50,7 @@ def _rebuild_handler(runner: ProjectorRunner):  # type: ignore[no-untyped-def]
     return handle
 
 
-def build(name: str, settings: Settings, kv: object) -> Projection:
+def build(name: str, settings: Settings, kv: object, nc: NATS | None = None) -> Projection:
     match name:
         case "certificates":
             return CertificatesProjection()
@@ -59,6 +62,14 @@ def build(name: str, settings: Settings, kv: object) -> Projection:
             return RouterConfigProjection(
                 load_master_key(settings), router_public_key(settings), kv
             )  # type: ignore[arg-type]
+        case "sealer":
+            return SealerProjection(
+                load_signing_key(settings),
+                nc,
+                Subjects(settings.prefix).audit_checkpoints(),
+                every=settings.audit_seal_every,
+                seconds=settings.audit_seal_seconds,
+            )
     raise ValueError(f"unknown projection {name!r}: choose from {', '.join(NAMES)}")
 
 
@@ -74,7 +85,7 @@ async def run_projectors(settings: Settings, names: list[str], stop: asyncio.Eve
         kv = await router_bucket(nc, settings.router_bucket) if "router_config" in chosen else None
         runners = [
             ProjectorRunner(
-                build(n, settings, kv), settings.database_url, role=settings.service_role
+                build(n, settings, kv, nc), settings.database_url, role=settings.service_role
             )
             for n in chosen
         ]

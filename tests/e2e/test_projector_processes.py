@@ -14,6 +14,7 @@ from events.domain import AddDomain, RemoveDomain
 from events.endpoint import RemoveCert
 from events.replies import Accepted, Checkpoints
 from services.cli.client import ControlPlane
+from services.projectors.service import NAMES
 from services.subjects import Subjects
 from tests.conftest import projected
 from tests.e2e.conftest import ServiceProcess
@@ -125,11 +126,11 @@ async def test_a_standby_takes_over_within_seconds_of_the_leaders_death(
         second = ServiceProcess(settings, ["projector"], tmp_path / "second.log").start()
         for _ in range(100):
             rows = await _status(settings.database_url)
-            if sum(r["state"] == "standby" for r in rows) == len(PROJECTIONS):
+            if sum(r["state"] == "standby" for r in rows) == len(NAMES):
                 break
             await asyncio.sleep(0.1)
         assert _leader_pids(rows) == {first.proc.pid}  # one leader, the other waits
-        assert {r["name"] for r in rows if r["state"] == "running"} == set(PROJECTIONS)
+        assert {r["name"] for r in rows if r["state"] == "running"} == set(NAMES)
         first.kill()
         killed_at = time.monotonic()
         position = (await cp.command(CreateApp(app="two"))).position
@@ -144,7 +145,7 @@ async def test_a_standby_takes_over_within_seconds_of_the_leaders_death(
             for r in rows
             if r["state"] == "running" and int(r["instance"].split(":")[1]) == second.proc.pid
         }
-        assert led_by_second == set(PROJECTIONS)
+        assert led_by_second == set(NAMES)
         apps = await cp.query(None, "apps")
         assert [a.name for a in apps.apps] == ["one", "two"]
     second.stop()
