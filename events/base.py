@@ -43,3 +43,6 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str
     traceparent: str = ""
     warnings: list[str] = []  # what the reply warned of, so a repeated command answers the same
+    writer_mac: str = (
+        ""  # hex HMAC by the gateway (services/domain/writer_mac.py); the sealer checks it
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 
+from events.audit import InclusionProof, TreeHead
 from events.codec import CommandEnvelope
 from events.replies import CommandReply, QueryReply
 from events.router import ConfigCheckpoint, RouterConfigEntry, RouterStatus
@@ -27,6 +28,8 @@ DOCUMENTS = {
     "RouterConfigEntry": RouterConfigEntry,
     "RouterStatus": RouterStatus,
     "ConfigCheckpoint": ConfigCheckpoint,
+    "TreeHead": TreeHead,
+    "InclusionProof": InclusionProof,
 }
 
 

@@ -6,9 +6,13 @@ the sealer is about to sign."""
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from dataclasses import dataclass, field
 
+import msgspec
+
 from services.domain.merkle import Frontier, leaf_hash
+from services.domain.writer_mac import writer_mac
 from services.storage.hash_chain import GENESIS, content_hash, event_hash
 
 # The columns, in this order, that everything here reads (from SQL or a bundle).
@@ -81,3 +85,28 @@ class ChainChecker:
             )
         self.position, self.prev = row.position, recomputed
         self.frontier.append(leaf_hash(recomputed))
+
+
+class _WriterMac(msgspec.Struct):
+    writer_mac: str = ""
+
+
+_MAC_DECODER = msgspec.json.Decoder(_WriterMac)
+
+
+def check_writer(row: LogRow, key: bytes) -> None:
+    """Raise `Broken` unless the row carries the MAC only a gateway can compute."""
+    try:
+        given = _MAC_DECODER.decode(row.metadata).writer_mac
+    except msgspec.DecodeError:
+        given = ""
+    expected = writer_mac(
+        key, row.stream_id, row.event_id, row.command_id, row.command_index, row.type,
+        row.schema_version, row.data,
+    )  # fmt: skip
+    if not hmac.compare_digest(given, expected):
+        raise Broken(
+            row.position,
+            "it was not written by a gateway (its writer MAC is missing or wrong): it was "
+            "appended or altered behind the control plane's back",
+        )

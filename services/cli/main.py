@@ -32,6 +32,7 @@ from events.replies import (
     QueryParams,
     Rejected,
 )
+from services.cli import audit as audit_commands
 from services.cli import output
 from services.cli.client import ControlPlane
 from services.cli.routers import (
@@ -796,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help="certificates, dns_targets, router_config, audit"
     )
 
+    audit_commands.add_commands(sub, _add)
     _add(sub, "routers", routers_list, "list live routers and the config they serve", app=False)
     p = _add(sub, "wait", wait_cmd, "wait until every live router serves a log position", app=False)
     p.add_argument("position", metavar="POSITION", type=int, help="from a command's reply")

@@ -16,6 +16,7 @@ from events.union import tag_of
 from services.bus import connect_nats
 from services.config import Settings
 from services.domain.errors import Rejected as RejectedError
+from services.domain.writer_mac import writer_key
 from services.domain.x509_bundle import TrustStore
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
@@ -49,7 +50,9 @@ class Gateway:
         )
         self.pool = await service_pool(s.database_url, s.service_role, min_size=2, max_size=6)
         self._stack.push_async_callback(self.pool.close)
-        self.event_log = PostgresEventLog(self.pool, url=s.database_url)
+        self.event_log = PostgresEventLog(
+            self.pool, url=s.database_url, writer_key=writer_key(master.secret)
+        )
         self.committer = await self._stack.enter_async_context(GroupCommitter(self.event_log))
         self.handler = CommandHandler(self.event_log, self.committer, self.custody)
         self.read_models = ReadModels(self.pool)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from events.audit import TreeHead
-from services.audit.log_integrity import ROW_COLUMNS, ChainChecker, LogRow
+from services.audit.log_integrity import ROW_COLUMNS, ChainChecker, LogRow, check_writer
 from services.domain.merkle import Frontier
 from services.domain.tree_head import sign
 from services.storage.event_log import StoredEvent
@@ -44,10 +44,12 @@ class SealerProjection:
         nc: NATS | None,
         subject: str,
         *,
+        writer_key: bytes | None,
         every: int = 1000,
         seconds: float = 2.0,
     ) -> None:
         self.key, self.nc, self.subject = key, nc, subject
+        self.writer_key = writer_key
         self.every, self.seconds = every, seconds
         self._checker: ChainChecker | None = None
         self._signed_size = 0
@@ -89,8 +91,10 @@ class SealerProjection:
             events[0].position,
             events[-1].position,
         )
-        for row in rows:
-            checker.check(LogRow(*row))  # raises Broken: a poison event, never signed
+        for record in rows:
+            row = LogRow(*record)
+            self._check_writer(row)
+            checker.check(row)  # raises Broken: a poison event, never signed
             if checker.frontier.size % self.every == 0:
                 await self._seal(conn, checker)
         if checker.position > self._signed_size and self._due():
@@ -103,6 +107,10 @@ class SealerProjection:
             checker.prev,
             checker.frontier.hashes,
         )
+
+    def _check_writer(self, row: LogRow) -> None:
+        if self.writer_key is not None:
+            check_writer(row, self.writer_key)  # never sign what no gateway wrote
 
     def _due(self) -> bool:
         return time.monotonic() - self._last_seal >= self.seconds

@@ -14,6 +14,7 @@ from events.replies import RebuildStarted
 from services.audit.keys import load_signing_key
 from services.bus import connect_nats
 from services.config import Settings
+from services.domain.writer_mac import writer_key
 from services.gateway.key_custody import load_master_key
 from services.projectors.audit import AuditProjection
 from services.projectors.certificates import CertificatesProjection
@@ -67,6 +68,7 @@ def build(name: str, settings: Settings, kv: object, nc: NATS | None = None) -> 
                 load_signing_key(settings),
                 nc,
                 Subjects(settings.prefix).audit_checkpoints(),
+                writer_key=writer_key(load_master_key(settings).secret),
                 every=settings.audit_seal_every,
                 seconds=settings.audit_seal_seconds,
             )

@@ -19,6 +19,7 @@ from events.base import Event, Metadata
 from events.codec import CURRENT_SCHEMA_VERSION, METADATA_DECODER, decode_event, encode
 from events.union import AnyEvent, tag_of
 from services.domain.errors import Unavailable
+from services.domain.writer_mac import writer_mac
 from services.storage.hash_chain import content_hash
 
 
@@ -115,11 +116,17 @@ def stored_event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
-def _event_json(command_id: str, index: int, e: NewEvent) -> dict[str, object]:
+def _event_json(
+    command_id: str, index: int, e: NewEvent, mac_key: bytes | None
+) -> dict[str, object]:
     type_ = tag_of(type(e.event))
     version = CURRENT_SCHEMA_VERSION[type_]
     data = encode(e.event).decode()
-    metadata = encode(e.metadata).decode()
+    meta = e.metadata
+    if mac_key is not None:
+        mac = writer_mac(mac_key, e.stream_id, e.event_id, command_id, index, type_, version, data)
+        meta = msgspec.structs.replace(meta, writer_mac=mac)
+    metadata = encode(meta).decode()
     digest = content_hash(
         e.stream_id, e.event_id, command_id, index, type_, version, data, metadata
     )
@@ -134,12 +141,14 @@ def _event_json(command_id: str, index: int, e: NewEvent) -> dict[str, object]:
     }
 
 
-def _batch_json(requests: list[AppendRequest]) -> str:
+def _batch_json(requests: list[AppendRequest], mac_key: bytes | None = None) -> str:
     batch = [
         {
             "command_id": r.command_id,
             "expected": r.expected,
-            "events": [_event_json(r.command_id, index, e) for index, e in enumerate(r.events)],
+            "events": [
+                _event_json(r.command_id, index, e, mac_key) for index, e in enumerate(r.events)
+            ],
             "new_keys": [
                 {
                     "key_id": k.key_id,
@@ -158,13 +167,16 @@ def _batch_json(requests: list[AppendRequest]) -> str:
 class PostgresEventLog:
     """`EventLog` on an asyncpg pool whose connections run as the service role."""
 
-    def __init__(self, pool: asyncpg.Pool, *, url: str = "") -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, url: str = "", writer_key: bytes | None = None
+    ) -> None:
         self._pool = pool
         self.pool = pool
         self._url = url
+        self._writer_key = writer_key  # MACs every event (services/domain/writer_mac.py)
 
     async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
-        payload = _batch_json(requests)
+        payload = _batch_json(requests, self._writer_key)
         try:
             raw = await self._pool.fetchval("select certplane_append($1::jsonb)::text", payload)
         except (
