@@ -17,9 +17,11 @@ import asyncpg
 import msgspec
 
 from events.audit import TreeHead
+from events.union import tag_of
 from services.audit.export import export
 from services.audit.keys import trusted_public_key
 from services.audit.proofs import ProofFailed, consistency_proof, inclusion_proof
+from services.audit.replay import Moment, Replay, app_summary, diff, replay, served_at
 from services.audit.verify import (
     HEAD_DECODER,
     KEY_FILE,
@@ -32,6 +34,8 @@ from services.audit.verify import (
 )
 from services.cli import output
 from services.config import Settings
+from services.domain.domain_name import normalize_hostname
+from services.domain.errors import Rejected as RejectedError
 from services.domain.tree_head import key_id, signature_problem
 from services.storage.database import redact
 
@@ -250,6 +254,141 @@ async def audit_export(args: argparse.Namespace) -> None:
     print(f"Check it anywhere with: certplane audit:verify --bundle {args.out}")
 
 
+def _moment(args: argparse.Namespace) -> Moment:
+    if getattr(args, "at", None) and getattr(args, "position", None) is not None:
+        fail(EXIT_USAGE, "Give --at TIME or --position N, not both.")
+    return Moment(
+        position=getattr(args, "position", None),
+        at=parse_time(args.at) if getattr(args, "at", None) else None,
+    )
+
+
+def _replay_progress(position: int) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r  replayed {position:,} events...")
+        sys.stderr.flush()
+
+
+def _clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 40 + "\r")
+
+
+async def audit_replay(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    moment = _moment(args)
+    conn = await connect(settings)
+    try:
+        state = await replay(conn, moment, settings.dns_zone, progress=_replay_progress)
+    finally:
+        await conn.close()
+    _clear_progress()
+    apps = [a for name, a in sorted(state.apps.items()) if not args.app or name == args.app]
+    summaries = [app_summary(a, state.targets) for a in apps]
+    if args.json:
+        output.print_json({"position": state.position, "recorded_at": state.recorded_at,
+                           "apps": summaries})  # fmt: skip
+        return
+    when = f" ({state.recorded_at:%Y-%m-%d %H:%M:%S} UTC)" if state.recorded_at else ""
+    print(f"=== State after position {state.position}{when}")
+    if not summaries:
+        print(f"No app {args.app} then." if args.app else "No apps then.")
+    for summary in summaries:
+        print(f"\n=== {summary['app']}")
+        domains: dict[str, dict[str, object]] = summary["domains"]  # type: ignore[assignment]
+        endpoints: dict[str, dict[str, object]] = summary["endpoints"]  # type: ignore[assignment]
+        if domains:
+            rows = [
+                [h, str(d["dns_target"] or ""), str(d["endpoint"] or "")]
+                for h, d in domains.items()
+            ]
+            print(output.table(["Domain", "DNS Target", "Endpoint"], rows))
+        for name, e in endpoints.items():
+            print(f"Endpoint {name} ({str(e['type']).upper()}): {e['subject']}, issued by "
+                  f"{e['issuer']}, valid {e['not_before']:%Y-%m-%d} to {e['not_after']:%Y-%m-%d}, "
+                  f"SHA256 {e['fingerprint_sha256']}")  # type: ignore[str-format]  # fmt: skip
+
+
+async def audit_served(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    moment = _moment(args)
+    try:
+        host = normalize_hostname(args.hostname)
+    except RejectedError as e:
+        fail(EXIT_USAGE, e.message)
+    conn = await connect(settings)
+    try:
+        served, state = await served_at(conn, host, moment, settings.dns_zone)
+    finally:
+        await conn.close()
+    if args.json:
+        output.print_json({"hostname": host, "position": state.position, "served": served})
+        return
+    when = args.at or f"position {state.position}"
+    if served is None:
+        print(f"Nothing was configured to be served for {host} at {when}: a TLS handshake for it "
+              "got an unrecognized_name alert.")  # fmt: skip
+        return
+    e = served.endpoint
+    via = f" (through {served.entry})" if served.entry != host else ""
+    print(f"At {when}, routers were configured to serve {host}{via} with:")
+    print(f"  app             {served.app}")
+    print(f"  endpoint        {e['name']} ({str(e['type']).upper()})")
+    print(f"  fingerprint     SHA256 {e['fingerprint_sha256']}")
+    print(f"  subject         {e['subject']}")
+    print(f"  issuer          {e['issuer']}")
+    print(
+        f"  valid           {e['not_before']:%Y-%m-%d %H:%M} to {e['not_after']:%Y-%m-%d %H:%M} UTC"
+    )  # type: ignore[str-format]
+    print(f"  since           position {served.since_position} ({served.since_event}, "
+          f"{served.since_at:%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
+
+
+async def audit_history(args: argparse.Namespace) -> None:
+    from services.storage.event_log import StoredEvent
+
+    settings = Settings.from_env()
+    app = args.app
+    if not app:
+        fail(EXIT_USAGE, "Which app? Pass -a APP.")
+    conn = await connect(settings)
+    entries: list[dict[str, object]] = []
+    previous: dict[str, object] = {"domains": {}, "endpoints": {}}
+
+    def on_change(
+        state: Replay, stored: StoredEvent, name: str, before: object, after: object
+    ) -> None:
+        nonlocal previous
+        if name != app:
+            return
+        now = (
+            app_summary(after, state.targets) if after.exists else {"domains": {}, "endpoints": {}}
+        )  # type: ignore[attr-defined, arg-type]
+        entries.append({
+            "position": stored.position, "recorded_at": stored.recorded_at,
+            "event": tag_of(type(stored.event)), "actor": stored.metadata.actor,
+            "changes": diff(previous, now),
+        })  # fmt: skip
+        previous = now
+
+    try:
+        await replay(conn, _moment(args), settings.dns_zone, progress=_replay_progress,
+                     on_change=on_change)  # fmt: skip
+    finally:
+        await conn.close()
+    _clear_progress()
+    if args.json:
+        output.print_json(entries)
+        return
+    if not entries:
+        print(f"No history for {app}.")
+    for entry in entries:
+        print(f"{entry['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  #{entry['position']}  "
+              f"{entry['event']}  by {entry['actor']}")  # type: ignore[str-format]  # fmt: skip
+        for line in entry["changes"]:  # type: ignore[attr-defined]
+            print(f"    {line}")
+
+
 def add_commands(sub: argparse._SubParsersAction, add: object) -> None:  # type: ignore[type-arg]
     """Register the audit commands with the CLI's `_add` helper."""
     p = add(
@@ -298,3 +437,14 @@ def add_commands(sub: argparse._SubParsersAction, add: object) -> None:  # type:
     )  # type: ignore[operator]
     p.add_argument("--until", metavar="TIME", help="ISO 8601 (default: now)")
     p.add_argument("--out", required=True, metavar="DIR")
+    p = add(sub, "audit:replay", audit_replay, "the state of apps at a past moment, from the log")  # type: ignore[operator]
+    p.add_argument("--at", metavar="TIME", help="ISO 8601")
+    p.add_argument("--position", type=int, metavar="N")
+    p = add(sub, "audit:served", audit_served,
+            "which certificate routers served for a hostname at a moment", app=False)  # type: ignore[operator]  # fmt: skip
+    p.add_argument("hostname", metavar="HOST")
+    p.add_argument("--at", metavar="TIME", help="ISO 8601 (default: now)")
+    p.add_argument("--position", type=int, metavar="N")
+    p = add(sub, "audit:history", audit_history,
+            "an app's history from the log, with what each event changed")  # type: ignore[operator]  # fmt: skip
+    p.add_argument("--at", metavar="TIME", help="until then (ISO 8601)")

@@ -64,3 +64,11 @@ def san_covers(san: str, hostname: str) -> bool:
 def covered_by(sans: list[str], hostname: str) -> bool:
     """Whether any of a certificate's SANs covers the hostname."""
     return any(san_covers(s, hostname) for s in sans)
+
+
+def sni_candidates(server_name: str) -> tuple[str, ...]:
+    """The configured names that may serve `server_name`, in order of preference: the name,
+    then the wildcard one label up (RFC 6125: a wildcard covers exactly one label)."""
+    name = server_name.rstrip(".").lower()
+    head, dot, rest = name.partition(".")
+    return (name, f"*.{rest}") if dot and rest and head != "*" else (name,)

@@ -13,16 +13,10 @@ import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from services.domain.domain_name import sni_candidates as candidates
 from services.router.material import Material, Route
 
 ContextFactory = Callable[[bytes, bytes], ssl.SSLContext]
-
-
-def candidates(server_name: str) -> tuple[str, ...]:
-    """The names that may serve `server_name`, in order of preference."""
-    name = server_name.rstrip(".").lower()
-    head, dot, rest = name.partition(".")
-    return (name, f"*.{rest}") if dot and rest and head != "*" else (name,)
 
 
 class SniTable:
