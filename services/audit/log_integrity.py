@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import uuid
 from dataclasses import dataclass, field
 
 import msgspec
@@ -17,7 +18,7 @@ from services.storage.hash_chain import GENESIS, content_hash, event_hash
 
 # The columns, in this order, that everything here reads (from SQL or a bundle).
 ROW_COLUMNS = (
-    "position, stream_id, stream_version, event_id::text, command_id::text, command_index,"
+    "position, stream_id, stream_version, event_id, command_id, command_index,"
     " type, schema_version, data::text, metadata::text, recorded_at, prev_hash, hash"
 )
 
@@ -27,8 +28,8 @@ class LogRow:
     position: int
     stream_id: str
     stream_version: int
-    event_id: str
-    command_id: str
+    event_id: str | uuid.UUID  # UUIDs as asyncpg returns them (hashing needs only the bytes)
+    command_id: str | uuid.UUID
     command_index: int
     type: str
     schema_version: int

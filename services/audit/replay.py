@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from events.app import AppDestroyed
+from events.base import Metadata
+from events.codec import decode_event
 from events.domain import DomainAdded, DomainRemoved
 from events.union import tag_of
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, EndpointState
-from services.domain.dns_target import MAX_DRAWS, dns_target
+from services.domain.dns_target import MAX_DRAWS, TargetKey, render, target_key
 from services.domain.domain_name import sni_candidates as candidates
-from services.domain.streams import APP, category
+from services.domain.streams import APP
 from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
+from services.storage.row_stream import prefetched_batches
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,18 @@ class Moment:
 
 
 async def stream_events(
-    conn: asyncpg.Connection, moment: Moment, *, stream_id: str | None = None
-) -> AsyncIterator[StoredEvent]:
-    """Events up to `moment`, in position order (run inside a transaction)."""
-    query = f"select {STORED_COLUMNS} from events where true"
+    conn: asyncpg.Connection,
+    moment: Moment,
+    *,
+    stream_id: str | None = None,
+    apps_only: bool = False,
+    with_metadata: bool = True,
+) -> AsyncIterator[list[StoredEvent]]:
+    """Events up to `moment`, in position order, a batch at a time (inside a transaction).
+    `apps_only` decodes only app streams' events (the others are read, not decoded)."""
+    # without metadata, a lighter select: the columns a fold needs (metadata is the largest)
+    columns = STORED_COLUMNS if with_metadata else _FOLD_COLUMNS
+    query = f"select {columns} from events where true"
     args: list[object] = []
     if moment.position is not None:
         args.append(moment.position)
@@ -48,35 +59,68 @@ async def stream_events(
     if stream_id is not None:
         args.append(stream_id)
         query += f" and stream_id = ${len(args)}"
-    async for record in conn.cursor(query + " order by position", *args, prefetch=5000):
-        yield stored_event(record)
+    async for records in prefetched_batches(conn, query + " order by position", *args):
+        decode = stored_event if with_metadata else _without_metadata
+        yield [decode(r) for r in records if not apps_only or r[1].startswith(_APP_PREFIX)] or [
+            _position_only(records[-1])
+        ]
+
+
+_APP_PREFIX = f"{APP}-"
+
+
+def _position_only(record: asyncpg.Record) -> StoredEvent:
+    """A batch without app events still moves the replay's position."""
+    return _without_metadata(record) if record[9] is None else stored_event(record)
+
+
+_NO_METADATA = Metadata(command_id="", actor="", correlation_id="", causation_id="")
+_FOLD_COLUMNS = (
+    "position, stream_id, stream_version, event_id::text, '', 0, type, schema_version,"
+    " data::text, null, recorded_at"
+)  # the same shape as STORED_COLUMNS, without what a fold never reads
+
+
+def _without_metadata(r: asyncpg.Record) -> StoredEvent:
+    """A replay that shows state needs no actor or trace: skip reading and decoding them."""
+    return StoredEvent(
+        position=r[0], stream_id=r[1], version=r[2], event_id=r[3], command_id=r[4],
+        command_index=r[5], event=decode_event(r[6], r[7], r[8]), metadata=_NO_METADATA,
+        recorded_at=r[10],
+    )  # fmt: skip
 
 
 @dataclass
 class DnsTargets:
+    """Allocation as the projection does it, on keys; names are rendered only when shown."""
+
     zone: str
-    of: dict[str, str] = field(default_factory=dict)  # hostname -> target
-    taken: set[str] = field(default_factory=set)
+    keys: dict[str, TargetKey] = field(default_factory=dict)  # hostname -> target key
+    taken: set[TargetKey] = field(default_factory=set)
 
     def apply(self, stored: StoredEvent, state_before: AppState | None) -> None:
-        match stored.event:
-            case DomainAdded(hostname=host):
-                for attempt in range(MAX_DRAWS):
-                    target = dns_target(stored.event_id, attempt, self.zone)
-                    if target not in self.taken:
-                        break
-                self.of[host] = target
-                self.taken.add(target)
-            case DomainRemoved(hostname=host):
+        event, kind = stored.event, type(stored.event)
+        if kind is DomainAdded:
+            for attempt in range(MAX_DRAWS):
+                key = target_key(stored.event_id, attempt)
+                if key not in self.taken:
+                    break
+            self.keys[event.hostname] = key  # type: ignore[union-attr]
+            self.taken.add(key)
+        elif kind is DomainRemoved:
+            self._free(event.hostname)  # type: ignore[union-attr]
+        elif kind is AppDestroyed:
+            for host in state_before.domains if state_before else ():
                 self._free(host)
-            case AppDestroyed():
-                for host in state_before.domains if state_before else ():
-                    self._free(host)
 
     def _free(self, host: str) -> None:
-        target = self.of.pop(host, None)
-        if target is not None:
-            self.taken.discard(target)
+        key = self.keys.pop(host, None)
+        if key is not None:
+            self.taken.discard(key)
+
+    def of(self, host: str) -> str | None:
+        key = self.keys.get(host)
+        return render(key, self.zone) if key is not None else None
 
 
 @dataclass
@@ -95,17 +139,22 @@ class Replay:
     def apply(self, stored: StoredEvent) -> tuple[str, AppState, AppState] | None:
         """Fold one event; for an app event, (app, before, after)."""
         self.position, self.recorded_at = stored.position, stored.recorded_at
-        if category(stored.stream_id) != APP:
+        stream = stored.stream_id
+        if not stream.startswith(_APP_PREFIX):
             return None
-        app = stored.stream_id.partition("-")[2]
+        app = stream[len(_APP_PREFIX) :]
         before = self.apps.get(app) or AppState(name=app)
-        self.targets.apply(stored, before)
+        if type(stored.event) in _DNS_EVENTS:
+            self.targets.apply(stored, before)
         after = app_aggregate.evolve(before, stored.event)  # type: ignore[arg-type]
         if after.exists:
             self.apps[app] = after
         else:
             self.apps.pop(app, None)
         return app, before, after
+
+
+_DNS_EVENTS = frozenset({DomainAdded, DomainRemoved, AppDestroyed})
 
 
 async def replay(
@@ -115,15 +164,17 @@ async def replay(
     *,
     progress: Callable[[int], None] | None = None,
     on_change: Callable[[Replay, StoredEvent, str, AppState, AppState], None] | None = None,
+    with_metadata: bool = False,
 ) -> Replay:
     state = Replay(zone)
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
-        async for stored in stream_events(conn, moment):
-            changed = state.apply(stored)
-            if changed is not None and on_change is not None:
-                on_change(state, stored, *changed)
-            if progress is not None and stored.position % 50_000 == 0:
-                progress(stored.position)
+        async for batch in stream_events(conn, moment, apps_only=True, with_metadata=with_metadata):
+            for stored in batch:
+                changed = state.apply(stored)
+                if changed is not None and on_change is not None:
+                    on_change(state, stored, *changed)
+            if progress is not None:
+                progress(batch[-1].position)
     return state
 
 
@@ -150,7 +201,7 @@ def app_summary(app: AppState, targets: DnsTargets) -> dict[str, object]:
         "app": app.name,
         "domains": {
             host: {
-                "dns_target": targets.of.get(host),
+                "dns_target": targets.of(host),
                 "endpoint": (app.endpoint_for(host).name if app.endpoint_for(host) else None),  # type: ignore[union-attr]
                 "dns_verified": d.dns_verified,
             }

@@ -21,6 +21,7 @@ import msgspec
 from events.audit import TreeHead
 from services.audit.log_integrity import ROW_COLUMNS, Broken, ChainChecker, LogRow, check_writer
 from services.domain.tree_head import signature_problem
+from services.storage.row_stream import prefetched_batches
 
 HEAD_DECODER = msgspec.json.Decoder(TreeHead)
 HEADS_DECODER = msgspec.json.Decoder(list[TreeHead])
@@ -142,17 +143,26 @@ async def db_heads(conn: asyncpg.Connection) -> list[TreeHead]:
     ]  # fmt: skip
 
 
-async def db_rows(
+async def db_row_batches(
     conn: asyncpg.Connection, *, after: int = 0, upto: int | None = None, batch: int = 5000
-) -> AsyncIterator[LogRow]:
-    """Rows in position order through a server-side cursor (must run inside a transaction)."""
+) -> AsyncIterator[list[LogRow]]:
+    """Rows in position order, a batch at a time, through a server-side cursor (inside a
+    transaction): memory stays flat, and per-row work stays synchronous."""
     query = f"select {ROW_COLUMNS} from events where position > $1"
     args: list[object] = [after]
     if upto is not None:
         query += " and position <= $2"
         args.append(upto)
-    async for record in conn.cursor(query + " order by position", *args, prefetch=batch):
-        yield LogRow(*record)
+    async for records in prefetched_batches(conn, query + " order by position", *args, batch=batch):
+        yield [LogRow(*r) for r in records]
+
+
+async def db_rows(
+    conn: asyncpg.Connection, *, after: int = 0, upto: int | None = None
+) -> AsyncIterator[LogRow]:
+    async for rows in db_row_batches(conn, after=after, upto=upto):
+        for row in rows:
+            yield row
 
 
 async def verify_database(
@@ -169,10 +179,11 @@ async def verify_database(
         return Outcome(problem=e)
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
-            async for row in db_rows(conn):
-                verifier.feed(row)
-                if progress is not None and row.position % 50_000 == 0:
-                    progress(row.position)
+            async for rows in db_row_batches(conn):
+                for row in rows:
+                    verifier.feed(row)
+                if progress is not None:
+                    progress(rows[-1].position)
         return verifier.finish()
     except Broken as e:
         verifier.outcome.problem = e
@@ -201,7 +212,8 @@ class BundleRow(msgspec.Struct, frozen=True, kw_only=True):
     def of(cls, row: LogRow) -> BundleRow:
         return cls(
             position=row.position, stream_id=row.stream_id, stream_version=row.stream_version,
-            event_id=row.event_id, command_id=row.command_id, command_index=row.command_index,
+            event_id=str(row.event_id), command_id=str(row.command_id),
+            command_index=row.command_index,
             type=row.type, schema_version=row.schema_version, data=row.data,
             metadata=row.metadata, recorded_at=row.recorded_at,
             prev_hash=bytes(row.prev_hash).hex(), hash=bytes(row.hash).hex(),

@@ -373,7 +373,7 @@ async def audit_history(args: argparse.Namespace) -> None:
 
     try:
         await replay(conn, _moment(args), settings.dns_zone, progress=_replay_progress,
-                     on_change=on_change)  # fmt: skip
+                     on_change=on_change, with_metadata=True)  # fmt: skip
     finally:
         await conn.close()
     _clear_progress()

@@ -131,22 +131,23 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
         case AppDestroyed():
             return AppState(name=state.name, exists=False)
         case DomainAdded(hostname=host, endpoint=endpoint):
-            return replace(state, domains={**state.domains, host: DomainState(host, endpoint)})
+            return _with(state, domains={**state.domains, host: DomainState(host, endpoint)})
         case DomainRemoved(hostname=host):
-            return replace(state, domains={h: d for h, d in state.domains.items() if h != host})
+            return _with(state, domains={h: d for h, d in state.domains.items() if h != host})
         case DnsVerified(hostname=host, verified=verified):
             if host not in state.domains:
                 return state
             domain = replace(state.domains[host], dns_verified=verified)
-            return replace(state, domains={**state.domains, host: domain})
+            return _with(state, domains={**state.domains, host: domain})
         case CertAdded(
             endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts
         ):
             added = EndpointState(name, kind, facts, key.key_id, event.chain_pem, key)
             domains = {
-                h: replace(d, endpoint=name) if h in hosts else d for h, d in state.domains.items()
+                h: DomainState(h, name, d.dns_verified) if h in hosts else d
+                for h, d in state.domains.items()
             }
-            return replace(state, endpoints={**state.endpoints, name: added}, domains=domains)
+            return _with(state, endpoints={**state.endpoints, name: added}, domains=domains)
         case CertUpdated(endpoint=name, certificate=facts, key=key, chain_pem=chain):
             if name not in state.endpoints:
                 return state
@@ -157,17 +158,32 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
                 chain_pem=chain,
                 key=key,
             )
-            return replace(state, endpoints={**state.endpoints, name: updated})
+            return _with(state, endpoints={**state.endpoints, name: updated})
         case CertRemoved(endpoint=name) | EndpointDestroyed(endpoint=name):
-            return replace(
+            return _with(
                 state,
                 endpoints={n: e for n, e in state.endpoints.items() if n != name},
                 domains={
-                    h: replace(d, endpoint=None) if d.endpoint == name else d
+                    h: DomainState(h, None, d.dns_verified) if d.endpoint == name else d
                     for h, d in state.domains.items()
                 },
             )
     return state
+
+
+def _with(
+    state: AppState,
+    *,
+    domains: Mapping[str, DomainState] | None = None,
+    endpoints: Mapping[str, EndpointState] | None = None,
+) -> AppState:
+    """`dataclasses.replace` for the fold's hot path (a plain constructor is ~5x faster)."""
+    return AppState(
+        name=state.name,
+        exists=state.exists,
+        domains=state.domains if domains is None else domains,
+        endpoints=state.endpoints if endpoints is None else endpoints,
+    )
 
 
 def evolve_hostname(state: HostnameState, event: HostnameEvent) -> HostnameState:

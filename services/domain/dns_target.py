@@ -27,14 +27,30 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_DRAWS = 16
 
 
-def dns_target(seed: str, attempt: int, zone: str) -> str:
-    """The DNS target for `seed` at re-draw `attempt` (0 first)."""
+TargetKey = tuple[int, int, int]
+_SPACE = 36**24
+
+
+def target_key(seed: str, attempt: int) -> TargetKey:
+    """What a target is made of; equal keys and only equal keys render to equal targets, so
+    collisions can be checked without rendering (a replay renders only what it shows)."""
     digest = hashlib.sha256(f"certplane-dns-target/{seed}/{attempt}".encode()).digest()
-    adjective = ADJECTIVES[digest[0] % len(ADJECTIVES)]
-    noun = NOUNS[digest[1] % len(NOUNS)]
-    number = int.from_bytes(digest[2:20], "big")
+    return (
+        digest[0] % len(ADJECTIVES),
+        digest[1] % len(NOUNS),
+        int.from_bytes(digest[2:20], "big") % _SPACE,
+    )
+
+
+def render(key: TargetKey, zone: str) -> str:
+    adjective, noun, number = key
     random_part = ""
     for _ in range(24):
         number, index = divmod(number, 36)
         random_part += _ALPHABET[index]
-    return f"{adjective}-{noun}-{random_part}.{zone}"
+    return f"{ADJECTIVES[adjective]}-{NOUNS[noun]}-{random_part}.{zone}"
+
+
+def dns_target(seed: str, attempt: int, zone: str) -> str:
+    """The DNS target for `seed` at re-draw `attempt` (0 first)."""
+    return render(target_key(seed, attempt), zone)

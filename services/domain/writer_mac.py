@@ -24,18 +24,23 @@ def writer_key(master_secret: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=_INFO).derive(master_secret)
 
 
+def _uuid_bytes(value: str | uuid.UUID) -> bytes:
+    return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(value).bytes
+
+
 def _lp(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(4, "big") + raw
 
 
 def writer_mac(
-    key: bytes, stream_id: str, event_id: str, command_id: str, command_index: int,
+    key: bytes, stream_id: str, event_id: str | uuid.UUID, command_id: str | uuid.UUID,
+    command_index: int,
     type_: str, schema_version: int, data: str,
 ) -> str:  # fmt: skip
     """Hex HMAC-SHA256 over everything the writer decides except the metadata it goes into."""
     message = (
-        _INFO + _lp(stream_id) + uuid.UUID(event_id).bytes + uuid.UUID(command_id).bytes
+        _INFO + _lp(stream_id) + _uuid_bytes(event_id) + _uuid_bytes(command_id)
         + command_index.to_bytes(4, "big", signed=True) + _lp(type_)
         + schema_version.to_bytes(4, "big", signed=True) + _lp(data)
     )  # fmt: skip

@@ -24,10 +24,15 @@ def _lp(text: str) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
+def uuid_bytes(value: str | uuid.UUID) -> bytes:
+    """16 bytes of a UUID given as text or as a UUID (asyncpg's are parsed already: cheaper)."""
+    return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(value).bytes
+
+
 def content_hash(
     stream_id: str,
-    event_id: str,
-    command_id: str,
+    event_id: str | uuid.UUID,
+    command_id: str | uuid.UUID,
     command_index: int,
     type_: str,
     schema_version: int,
@@ -38,8 +43,8 @@ def content_hash(
     return hashlib.sha256(
         _DOMAIN
         + _lp(stream_id)
-        + uuid.UUID(event_id).bytes
-        + uuid.UUID(command_id).bytes
+        + uuid_bytes(event_id)
+        + uuid_bytes(command_id)
         + command_index.to_bytes(4, "big", signed=True)
         + _lp(type_)
         + schema_version.to_bytes(4, "big", signed=True)

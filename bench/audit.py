@@ -1,0 +1,140 @@
+"""Audit figures over a large log, in one run:
+
+- raw baseline: read every row in position order through a server-side cursor and decode it
+  (msgspec) — what any reader of the log must at least do;
+- full replay (`audit:replay`'s fold of every app with the aggregate's evolve, DNS targets
+  re-derived) in events/s, and its ratio to the baseline;
+- full `audit:verify` (content hash and chain recomputed per row, the RFC 9162 tree grown,
+  every signed head checked) in events/s, and its ratio to the baseline;
+- peak resident memory of each, each measured in its own process.
+
+The log (default 1,000,000 events) is written with COPY like bench/projections.py; the
+sealer then signs a head every 1,000 events (its catch-up rate is reported too).
+
+    .venv/bin/python bench/audit.py [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bench.harness import machine
+from bench.projections import build_log, catch_up
+from services.audit.replay import Moment, replay
+from services.audit.verify import verify_database
+from services.config import Settings
+from services.devcerts import DevCA
+from services.domain.key_envelope import MasterKey
+from services.projectors.sealer import SealerProjection
+from services.runner import tune_gc
+from services.storage.database import _with_database, ensure_database
+from services.storage.event_log import STORED_COLUMNS, stored_event
+from services.storage.row_stream import prefetched_batches
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def phase(name: str, url: str, public_key: str) -> dict[str, float]:
+    """One measurement, in this (fresh) process."""
+    tune_gc()
+    conn = await asyncpg.connect(url)
+    started = time.perf_counter()
+    try:
+        if name == "raw":
+            count = 0
+            async with conn.transaction(readonly=True):
+                query = f"select {STORED_COLUMNS} from events order by position"
+                async for records in prefetched_batches(conn, query):
+                    for record in records:
+                        stored_event(record)
+                    count += len(records)
+        elif name == "replay":
+            state = await replay(conn, Moment(), "certplanedns.example")
+            count = state.position
+        else:
+            outcome = await verify_database(conn, trusted_key=bytes.fromhex(public_key))
+            # everything checked; a tail under 1,000 events past the last head is expected here
+            assert outcome.problem is None and len(outcome.heads) >= 1, outcome.problem
+            count = outcome.events
+    finally:
+        await conn.close()
+    seconds = time.perf_counter() - started
+    return {"events": count, "seconds": seconds, "rate": count / seconds, "peak_mb": peak_mb()}
+
+
+def run_phase(name: str, url: str, public_key: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--url", url, "--public-key", public_key],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--phase", choices=["raw", "replay", "verify"])
+    parser.add_argument("--url")
+    parser.add_argument("--public-key", default="")
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(await phase(args.phase, args.url, args.public_key)))
+        return
+
+    base = Settings.from_env()
+    db = f"bench_audit_{secrets.token_hex(4)}"
+    url = _with_database(base.database_url, db)
+    await ensure_database(url)
+    try:
+        ca = DevCA.create("bench")
+        count, build_s = await build_log(url, args.events, MasterKey.generate(), ca)
+        key = Ed25519PrivateKey.generate()
+        sealer = SealerProjection(key, None, "bench.audit.checkpoints", writer_key=None,
+                                  every=1000, seconds=3600)  # fmt: skip
+        _, seal_s = await catch_up(url, sealer)
+        public = key.public_key().public_bytes_raw().hex()
+        results = {
+            name: run_phase(name, url, public) for name in ("raw", "replay", "verify", "raw")
+        }
+    finally:
+        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
+        await admin.execute(f'drop database if exists "{db}" with (force)')
+        await admin.close()
+
+    raw = results["raw"]
+    print(f"## Audit — {dt.date.today()}\n")
+    print(f"Machine: {machine()}  ")
+    print(f"Command: `.venv/bin/python bench/audit.py --events {args.events}`\n")
+    print(f"Log: {count:,} events written with COPY in {build_s:.0f} s; the sealer caught up "
+          f"in {seal_s:.1f} s ({count / seal_s:,.0f} events/s, a signed head every 1,000).\n")  # fmt: skip
+    print("| what | events/s | ratio to raw | peak RSS | target |\n|---|---|---|---|---|")
+    print(
+        f"| raw: cursor read + msgspec decode | {raw['rate']:,.0f} | 1.00 | {raw['peak_mb']:.0f} MB | |"
+    )
+    for name, target in (("replay", "≥ 100,000/s, < 300 MB"), ("verify", "≥ 0.5 × raw, < 300 MB")):
+        r = results[name]
+        print(f"| {name} | {r['rate']:,.0f} | {r['rate'] / raw['rate']:.2f} | "
+              f"{r['peak_mb']:.0f} MB | {target} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
