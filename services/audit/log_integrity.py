@@ -9,6 +9,7 @@ import datetime as dt
 import hmac
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 
@@ -23,8 +24,7 @@ ROW_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class LogRow:
+class LogRow(NamedTuple):  # a tuple: built once per row, cheaply, from the database's record
     position: int
     stream_id: str
     stream_version: int
@@ -65,7 +65,7 @@ class ChainChecker:
                 if row.position > expected
                 else f"out of order: position {row.position} comes after {self.position}",
             )
-        if bytes(row.prev_hash) != self.prev:
+        if row.prev_hash != self.prev:
             raise Broken(
                 row.position,
                 "it does not follow from the previous event (its prev_hash differs): an event "
@@ -78,7 +78,7 @@ class ChainChecker:
         recomputed = event_hash(
             self.prev, row.position, row.stream_version, row.recorded_at, content
         )
-        if recomputed != bytes(row.hash):
+        if recomputed != row.hash:
             raise Broken(
                 row.position,
                 "its content does not match its hash: its data, metadata, stream, version or "

@@ -1,7 +1,8 @@
 """Time travel: fold the log up to a moment with the aggregate's own `evolve`.
 
-Rows stream through a server-side cursor and only per-app states are kept, so memory grows
-with the number of apps, never with the log's length. DNS targets are re-derived exactly as
+Two passes in one snapshot: DNS targets from the only events that change them, in log order;
+then each app's stream in its own order, one app in memory at a time, so memory stays flat
+whatever the log's length (history and served fold just the apps they need, in log order). DNS targets are re-derived exactly as
 the `dns_targets` projection allocates them (the DomainAdded event id, re-drawn on a
 collision with what is allocated at that point). Nothing here needs or touches a key.
 """
@@ -18,12 +19,13 @@ from events.app import AppDestroyed
 from events.base import Metadata
 from events.codec import decode_event
 from events.domain import DomainAdded, DomainRemoved
+from events.endpoint import CertAdded, CertUpdated
 from events.union import tag_of
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, EndpointState
 from services.domain.dns_target import MAX_DRAWS, TargetKey, render, target_key
 from services.domain.domain_name import sni_candidates as candidates
-from services.domain.streams import APP
+from services.domain.streams import APP, app_stream, hostname_stream
 from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
 from services.storage.row_stream import prefetched_batches
 
@@ -40,38 +42,28 @@ async def stream_events(
     conn: asyncpg.Connection,
     moment: Moment,
     *,
-    stream_id: str | None = None,
-    apps_only: bool = False,
-    with_metadata: bool = True,
+    where: str = "true",
+    args: tuple[object, ...] = (),
+    order: str = "position",
+    with_metadata: bool = False,
 ) -> AsyncIterator[list[StoredEvent]]:
-    """Events up to `moment`, in position order, a batch at a time (inside a transaction).
-    `apps_only` decodes only app streams' events (the others are read, not decoded)."""
-    # without metadata, a lighter select: the columns a fold needs (metadata is the largest)
+    """Events up to `moment` matching `where` (placeholders from $1, values in `args`), a
+    batch at a time (inside a transaction). Without metadata, a lighter select."""
     columns = STORED_COLUMNS if with_metadata else _FOLD_COLUMNS
-    query = f"select {columns} from events where true"
-    args: list[object] = []
+    values: list[object] = list(args)
+    query = f"select {columns} from events where ({where})"
     if moment.position is not None:
-        args.append(moment.position)
-        query += f" and position <= ${len(args)}"
+        values.append(moment.position)
+        query += f" and position <= ${len(values)}"
     if moment.at is not None:
-        args.append(moment.at)
-        query += f" and recorded_at <= ${len(args)}"
-    if stream_id is not None:
-        args.append(stream_id)
-        query += f" and stream_id = ${len(args)}"
-    async for records in prefetched_batches(conn, query + " order by position", *args):
-        decode = stored_event if with_metadata else _without_metadata
-        yield [decode(r) for r in records if not apps_only or r[1].startswith(_APP_PREFIX)] or [
-            _position_only(records[-1])
-        ]
+        values.append(moment.at)
+        query += f" and recorded_at <= ${len(values)}"
+    decode = stored_event if with_metadata else _without_metadata
+    async for records in prefetched_batches(conn, f"{query} order by {order}", *values):
+        yield [decode(r) for r in records]
 
 
 _APP_PREFIX = f"{APP}-"
-
-
-def _position_only(record: asyncpg.Record) -> StoredEvent:
-    """A batch without app events still moves the replay's position."""
-    return _without_metadata(record) if record[9] is None else stored_event(record)
 
 
 _NO_METADATA = Metadata(command_id="", actor="", correlation_id="", causation_id="")
@@ -92,25 +84,35 @@ def _without_metadata(r: asyncpg.Record) -> StoredEvent:
 
 @dataclass
 class DnsTargets:
-    """Allocation as the projection does it, on keys; names are rendered only when shown."""
+    """Allocation as the projection does it, on keys (one int per live hostname); names are
+    rendered only when shown."""
 
     zone: str
     keys: dict[str, TargetKey] = field(default_factory=dict)  # hostname -> target key
     taken: set[TargetKey] = field(default_factory=set)
+    hosts_of: dict[str, set[str]] = field(default_factory=dict)  # app -> its hostnames
 
-    def apply(self, stored: StoredEvent, state_before: AppState | None) -> None:
-        event, kind = stored.event, type(stored.event)
-        if kind is DomainAdded:
+    def apply(self, stored: StoredEvent) -> None:
+        event = stored.event
+        tag = _DNS_TAGS.get(type(event))
+        if tag is not None:
+            self.apply_raw(tag, stored.event_id, event.app, getattr(event, "hostname", None))  # type: ignore[union-attr]
+
+    def apply_raw(self, type_: str, event_id: str, app: str, hostname: str | None) -> None:
+        """The same, from the three fields the database can extract (no decoding)."""
+        if type_ == "domain.added" and hostname is not None:
             for attempt in range(MAX_DRAWS):
-                key = target_key(stored.event_id, attempt)
+                key = target_key(event_id, attempt)
                 if key not in self.taken:
                     break
-            self.keys[event.hostname] = key  # type: ignore[union-attr]
+            self.keys[hostname] = key
             self.taken.add(key)
-        elif kind is DomainRemoved:
-            self._free(event.hostname)  # type: ignore[union-attr]
-        elif kind is AppDestroyed:
-            for host in state_before.domains if state_before else ():
+            self.hosts_of.setdefault(app, set()).add(hostname)
+        elif type_ == "domain.removed" and hostname is not None:
+            self._free(hostname)
+            self.hosts_of.get(app, set()).discard(hostname)
+        elif type_ == "app.destroyed":
+            for host in self.hosts_of.pop(app, set()):
                 self._free(host)
 
     def _free(self, host: str) -> None:
@@ -121,6 +123,14 @@ class DnsTargets:
     def of(self, host: str) -> str | None:
         key = self.keys.get(host)
         return render(key, self.zone) if key is not None else None
+
+
+DNS_TYPES = ("domain.added", "domain.removed", "app.destroyed")
+_DNS_TAGS = {
+    DomainAdded: "domain.added",
+    DomainRemoved: "domain.removed",
+    AppDestroyed: "app.destroyed",
+}
 
 
 @dataclass
@@ -145,8 +155,10 @@ class Replay:
         app = stream[len(_APP_PREFIX) :]
         before = self.apps.get(app) or AppState(name=app)
         if type(stored.event) in _DNS_EVENTS:
-            self.targets.apply(stored, before)
+            self.targets.apply(stored)
         after = app_aggregate.evolve(before, stored.event)  # type: ignore[arg-type]
+        if type(stored.event) in _CERT_EVENTS:
+            after = _without_key_material(after)
         if after.exists:
             self.apps[app] = after
         else:
@@ -155,27 +167,133 @@ class Replay:
 
 
 _DNS_EVENTS = frozenset({DomainAdded, DomainRemoved, AppDestroyed})
+_CERT_EVENTS = frozenset({CertAdded, CertUpdated})
 
 
-async def replay(
+def _without_key_material(state: AppState) -> AppState:
+    """A replay shows certificate facts only: drop chains and (encrypted) keys, which are
+    most of an app's state, so memory stays small however many apps there were."""
+    endpoints = {
+        name: e if not e.chain_pem and e.key is None
+        else EndpointState(e.name, e.endpoint_type, e.certificate, e.key_id)
+        for name, e in state.endpoints.items()
+    }  # fmt: skip
+    return AppState(name=state.name, exists=state.exists, domains=state.domains,
+                    endpoints=endpoints)  # fmt: skip
+
+
+async def fold_in_order(
     conn: asyncpg.Connection,
     moment: Moment,
     zone: str,
     *,
-    progress: Callable[[int], None] | None = None,
+    where: str = "true",
+    args: tuple[object, ...] = (),
     on_change: Callable[[Replay, StoredEvent, str, AppState, AppState], None] | None = None,
     with_metadata: bool = False,
 ) -> Replay:
+    """Fold the matching events in log order (for a few apps: history, served)."""
     state = Replay(zone)
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
-        async for batch in stream_events(conn, moment, apps_only=True, with_metadata=with_metadata):
+        async for batch in stream_events(
+            conn, moment, where=where, args=args, with_metadata=with_metadata
+        ):
             for stored in batch:
                 changed = state.apply(stored)
                 if changed is not None and on_change is not None:
                     on_change(state, stored, *changed)
-            if progress is not None:
-                progress(batch[-1].position)
     return state
+
+
+async def history_of(
+    conn: asyncpg.Connection,
+    app: str,
+    moment: Moment,
+    zone: str,
+    on_change: Callable[[Replay, StoredEvent, str, AppState, AppState], None],
+) -> Replay:
+    """One app's stream in log order, with every app's DNS-changing events (for targets)."""
+    state = Replay(zone)
+    stream = app_stream(app)
+    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+        async for batch in stream_events(
+            conn, moment, where="stream_id = $1 or type = any($2)",
+            args=(stream, list(DNS_TYPES)), with_metadata=True,
+        ):  # fmt: skip
+            for stored in batch:
+                if stored.stream_id != stream:
+                    state.targets.apply(stored)
+                    continue
+                changed = state.apply(stored)
+                if changed is not None:
+                    on_change(state, stored, *changed)
+    return state
+
+
+@dataclass
+class Snapshot:
+    """Where a replay stands: the last event up to the moment, and the DNS targets then."""
+
+    position: int
+    recorded_at: dt.datetime | None
+    targets: DnsTargets
+
+
+async def snapshot(conn: asyncpg.Connection, moment: Moment, zone: str) -> Snapshot:
+    """Pass 1 of a replay (inside its transaction): the head, and DNS targets allocated in
+    log order from the only events that change them."""
+    head = await conn.fetchrow(
+        "select position, recorded_at from events where ($1::bigint is null or position <= $1)"
+        " and ($2::timestamptz is null or recorded_at <= $2) order by position desc limit 1",
+        moment.position,
+        moment.at,
+    )
+    targets = DnsTargets(zone)
+    query = (
+        "select type, event_id::text, data->>'app', data->>'hostname' from events"
+        " where type = any($1) and ($2::bigint is null or position <= $2)"
+        " and ($3::timestamptz is null or recorded_at <= $3) order by position"
+    )
+    async for records in prefetched_batches(
+        conn, query, list(DNS_TYPES), moment.position, moment.at
+    ):
+        for type_, event_id, app, hostname in records:
+            targets.apply_raw(type_, event_id, app, hostname)
+    return Snapshot(head[0] if head else 0, head[1] if head else None, targets)
+
+
+async def apps_at(
+    conn: asyncpg.Connection,
+    moment: Moment,
+    *,
+    app: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AsyncIterator[AppState]:
+    """Pass 2 (inside the same transaction): each app's stream folded in its own order, one
+    app in memory at a time, yielded if it exists at the moment. Memory stays flat whatever
+    the log's length and however many apps there were."""
+    where, args = (
+        ("stream_id = $1", (app_stream(app),)) if app else ("stream_id like $1", (f"{APP}-%",))
+    )
+    current: AppState | None = None
+    done = 0
+    async for batch in stream_events(
+        conn, moment, where=where, args=args, order="stream_id, stream_version"
+    ):
+        for stored in batch:
+            name = stored.stream_id[len(_APP_PREFIX) :]
+            if current is None or current.name != name:
+                if current is not None and current.exists:
+                    yield current
+                current = AppState(name=name)
+            current = app_aggregate.evolve(current, stored.event)  # type: ignore[arg-type]
+            if type(stored.event) in _CERT_EVENTS:
+                current = _without_key_material(current)
+        done += len(batch)
+        if progress is not None:
+            progress(done)
+    if current is not None and current.exists:
+        yield current
 
 
 # -- what a reader sees --------------------------------------------------------------------
@@ -284,7 +402,18 @@ async def served_at(
                 current[name] = identity
                 since[name] = (stored.position, stored.recorded_at, tag_of(type(stored.event)))
 
-    state = await replay(conn, moment, zone, on_change=on_change)
+    claims = [hostname_stream(n) for n in names]
+    apps = [
+        r[0]
+        for r in await conn.fetch(
+            "select distinct data->>'app' from events where stream_id = any($1)", claims
+        )
+        if r[0]
+    ]
+    state = await fold_in_order(
+        conn, moment, zone, where="stream_id = any($1)",
+        args=([app_stream(a) for a in apps],), on_change=on_change,
+    )  # fmt: skip
     for name in names:
         identity = current[name]
         if identity is None:

@@ -21,7 +21,16 @@ from events.union import tag_of
 from services.audit.export import export
 from services.audit.keys import trusted_public_key
 from services.audit.proofs import ProofFailed, consistency_proof, inclusion_proof
-from services.audit.replay import Moment, Replay, app_summary, diff, replay, served_at
+from services.audit.replay import (
+    Moment,
+    Replay,
+    app_summary,
+    apps_at,
+    diff,
+    history_of,
+    served_at,
+    snapshot,
+)
 from services.audit.verify import (
     HEAD_DECODER,
     KEY_FILE,
@@ -278,35 +287,47 @@ async def audit_replay(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     moment = _moment(args)
     conn = await connect(settings)
+    summaries: list[dict[str, object]] = []
     try:
-        state = await replay(conn, moment, settings.dns_zone, progress=_replay_progress)
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            snap = await snapshot(conn, moment, settings.dns_zone)
+            if not args.json:
+                when = f" ({snap.recorded_at:%Y-%m-%d %H:%M:%S} UTC)" if snap.recorded_at else ""
+                print(f"=== State after position {snap.position}{when}")
+            async for app in apps_at(conn, moment, app=args.app, progress=_replay_progress):
+                summary = app_summary(app, snap.targets)
+                if args.json:
+                    summaries.append(summary)
+                else:
+                    _clear_progress()
+                    _print_app(summary)  # streamed: one app in memory at a time
     finally:
         await conn.close()
     _clear_progress()
-    apps = [a for name, a in sorted(state.apps.items()) if not args.app or name == args.app]
-    summaries = [app_summary(a, state.targets) for a in apps]
     if args.json:
-        output.print_json({"position": state.position, "recorded_at": state.recorded_at,
+        output.print_json({"position": snap.position, "recorded_at": snap.recorded_at,
                            "apps": summaries})  # fmt: skip
-        return
-    when = f" ({state.recorded_at:%Y-%m-%d %H:%M:%S} UTC)" if state.recorded_at else ""
-    print(f"=== State after position {state.position}{when}")
-    if not summaries:
+    elif not summaries and not _printed["any"]:
         print(f"No app {args.app} then." if args.app else "No apps then.")
-    for summary in summaries:
-        print(f"\n=== {summary['app']}")
-        domains: dict[str, dict[str, object]] = summary["domains"]  # type: ignore[assignment]
-        endpoints: dict[str, dict[str, object]] = summary["endpoints"]  # type: ignore[assignment]
-        if domains:
-            rows = [
-                [h, str(d["dns_target"] or ""), str(d["endpoint"] or "")]
-                for h, d in domains.items()
-            ]
-            print(output.table(["Domain", "DNS Target", "Endpoint"], rows))
-        for name, e in endpoints.items():
-            print(f"Endpoint {name} ({str(e['type']).upper()}): {e['subject']}, issued by "
-                  f"{e['issuer']}, valid {e['not_before']:%Y-%m-%d} to {e['not_after']:%Y-%m-%d}, "
-                  f"SHA256 {e['fingerprint_sha256']}")  # type: ignore[str-format]  # fmt: skip
+
+
+_printed = {"any": False}
+
+
+def _print_app(summary: dict[str, object]) -> None:
+    _printed["any"] = True
+    print(f"\n=== {summary['app']}")
+    domains: dict[str, dict[str, object]] = summary["domains"]  # type: ignore[assignment]
+    endpoints: dict[str, dict[str, object]] = summary["endpoints"]  # type: ignore[assignment]
+    if domains:
+        rows = [
+            [h, str(d["dns_target"] or ""), str(d["endpoint"] or "")] for h, d in domains.items()
+        ]
+        print(output.table(["Domain", "DNS Target", "Endpoint"], rows))
+    for name, e in endpoints.items():
+        print(f"Endpoint {name} ({str(e['type']).upper()}): {e['subject']}, issued by "
+              f"{e['issuer']}, valid {e['not_before']:%Y-%m-%d} to {e['not_after']:%Y-%m-%d}, "
+              f"SHA256 {e['fingerprint_sha256']}")  # type: ignore[str-format]  # fmt: skip
 
 
 async def audit_served(args: argparse.Namespace) -> None:
@@ -372,8 +393,7 @@ async def audit_history(args: argparse.Namespace) -> None:
         previous = now
 
     try:
-        await replay(conn, _moment(args), settings.dns_zone, progress=_replay_progress,
-                     on_change=on_change, with_metadata=True)  # fmt: skip
+        await history_of(conn, app, _moment(args), settings.dns_zone, on_change)
     finally:
         await conn.close()
     _clear_progress()

@@ -143,6 +143,7 @@ def _instructions(settings: Settings, router: dict[str, Any], files: dict[str, P
         "  certplane certs:generate www.demo.test --out ./certs   # or bring your own",
         "  certplane certs:add ./certs/www.demo.test.crt ./certs/www.demo.test.key -a demo --wait",
         "  certplane routers",
+        "  certplane audit:history -a demo && certplane audit:verify",
         f"  curl --resolve www.demo.test:{port}:127.0.0.1 --cacert ./certs/certplane-dev-ca.crt"
         f" https://www.demo.test:{port}/",
         "",
@@ -186,7 +187,9 @@ def _run_demo(env: dict[str, str], router: dict[str, Any], files: dict[str, Path
     _fetch(router["addresses"][0], files)
     _cli(env, "routers")
     _cli(env, "audit:log", "-a", app)
+    _cli(env, "audit:history", "-a", app)
     _cli(env, "projections")
+    _cli(env, "audit:verify", "--allow-unsealed")
     _cli(env, "apps:destroy", app, "--confirm", app)
 
 

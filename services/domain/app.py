@@ -45,14 +45,14 @@ from services.domain.naming import endpoint_name, validate_app_name
 from services.domain.streams import app_stream, hostname_stream
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
 class DomainState:
     hostname: str
     endpoint: str | None = None
     dns_verified: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
 class EndpointState:
     name: str
     endpoint_type: EndpointType
@@ -62,7 +62,7 @@ class EndpointState:
     key: EncryptedKey | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
 class AppState:
     name: str
     exists: bool = False

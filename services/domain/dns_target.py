@@ -27,23 +27,24 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 MAX_DRAWS = 16
 
 
-TargetKey = tuple[int, int, int]
+TargetKey = int
 _SPACE = 36**24
 
 
 def target_key(seed: str, attempt: int) -> TargetKey:
-    """What a target is made of; equal keys and only equal keys render to equal targets, so
-    collisions can be checked without rendering (a replay renders only what it shows)."""
+    """What a target is made of, as one int; equal keys and only equal keys render to equal
+    targets, so collisions can be checked without rendering (a replay renders only what it
+    shows, and keeps one int per hostname)."""
     digest = hashlib.sha256(f"certplane-dns-target/{seed}/{attempt}".encode()).digest()
-    return (
-        digest[0] % len(ADJECTIVES),
-        digest[1] % len(NOUNS),
-        int.from_bytes(digest[2:20], "big") % _SPACE,
-    )
+    adjective = digest[0] % len(ADJECTIVES)
+    noun = digest[1] % len(NOUNS)
+    number = int.from_bytes(digest[2:20], "big") % _SPACE
+    return (adjective * len(NOUNS) + noun) * _SPACE + number
 
 
 def render(key: TargetKey, zone: str) -> str:
-    adjective, noun, number = key
+    rest, number = divmod(key, _SPACE)
+    adjective, noun = divmod(rest, len(NOUNS))
     random_part = ""
     for _ in range(24):
         number, index = divmod(number, 36)

@@ -40,17 +40,18 @@ def content_hash(
     metadata: str,
 ) -> bytes:
     """SHA-256 of an event's canonical content bytes."""
-    return hashlib.sha256(
-        _DOMAIN
-        + _lp(stream_id)
-        + uuid_bytes(event_id)
-        + uuid_bytes(command_id)
-        + command_index.to_bytes(4, "big", signed=True)
-        + _lp(type_)
-        + schema_version.to_bytes(4, "big", signed=True)
-        + _lp(data)
-        + _lp(metadata)
-    ).digest()
+    h = hashlib.sha256(_DOMAIN)  # fed piece by piece: no copy of the data to concatenate
+    h.update(_lp(stream_id))
+    h.update(uuid_bytes(event_id))
+    h.update(uuid_bytes(command_id))
+    h.update(command_index.to_bytes(4, "big", signed=True))
+    h.update(_lp(type_))
+    h.update(schema_version.to_bytes(4, "big", signed=True))
+    for text in (data, metadata):  # the large ones: length then bytes, no concatenation
+        raw = text.encode()
+        h.update(len(raw).to_bytes(4, "big"))
+        h.update(raw)
+    return h.digest()
 
 
 def micros(at: dt.datetime) -> int:

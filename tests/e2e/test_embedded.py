@@ -53,5 +53,6 @@ def test_dev_demo_runs_on_embedded_servers(tmp_path: Path) -> None:
     assert "Adding SSL to" in result.stdout and "Demo complete." in result.stdout
     assert "served by all 1 live router(s)" in result.stdout, "certs:add --wait did not converge"
     assert "X-Forwarded-Proto: https" in result.stdout, "the router did not answer"
+    assert "the hash chain is intact" in result.stdout  # the auditor's check, on a fresh log
     key_file = tmp_path / "state" / "master.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
