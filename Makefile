@@ -14,6 +14,7 @@ bench:
 	$(PY) bench/command_path.py
 	$(PY) bench/projections.py
 	$(PY) bench/router.py
+	$(PY) bench/audit.py
 
 schemas:
 	$(PY) -m schemas.generate
