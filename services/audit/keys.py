@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.config import Settings
+from services.key_files import read_or_create
 
 
 def load_signing_key(settings: Settings, *, create: bool = False) -> Ed25519PrivateKey:
     path = Path(settings.audit_key_file)
-    if not path.exists():
-        if not create:
-            raise FileNotFoundError(
-                f"no audit signing key at {path}: set CERTPLANE_AUDIT_KEY_FILE to the sealer's "
-                "key (`certplane dev` creates one)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(key.private_bytes_raw()).decode() + "\n")
-        return key
-    try:
-        return Ed25519PrivateKey.from_private_bytes(base64.b64decode(path.read_text().strip()))
-    except ValueError as e:
-        raise ValueError(f"{path} does not hold an Ed25519 key (32 bytes of base64)") from e
+    missing = (
+        f"no audit signing key at {path}: set CERTPLANE_AUDIT_KEY_FILE to the sealer's key "
+        "(`certplane dev` creates one)"
+    )
+    return Ed25519PrivateKey.from_private_bytes(
+        read_or_create(path, create=create, missing=missing)
+    )
 
 
 def trusted_public_key(settings: Settings, given: str | None = None) -> bytes | None:

@@ -8,7 +8,6 @@ wrapped form is stored beside (not in) the log.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from services.config import Settings
 from services.domain.app import PreparedCert
 from services.domain.key_envelope import DataKey, MasterKey, gateway_key_id, public_bytes, unseal
 from services.domain.x509_bundle import TrustStore, inspect_bundle
+from services.key_files import read_or_create
 from services.storage.event_log import NewDataKey
 
 
@@ -25,19 +25,10 @@ def load_master_key(settings: Settings, *, create: bool = False) -> MasterKey:
     if settings.master_key:
         return MasterKey.from_text(settings.master_key)
     path = Path(settings.master_key_file)
-    if not path.exists():
-        if not create:
-            raise FileNotFoundError(
-                f"no master key: set CERTPLANE_MASTER_KEY or create {path} "
-                "(`certplane dev` creates one)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = MasterKey.generate()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.to_text() + "\n")
-        return key
-    return MasterKey.from_text(path.read_text())
+    missing = (
+        f"no master key: set CERTPLANE_MASTER_KEY or create {path} (`certplane dev` creates one)"
+    )
+    return MasterKey(read_or_create(path, create=create, missing=missing))
 
 
 @dataclass(frozen=True)

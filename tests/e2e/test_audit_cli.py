@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import _admin, run_cli
 from tests.e2e.conftest import fingerprints, presented_chain, s_client
-from tests.e2e.test_router import add_cert, ok
+from tests.e2e.test_router import add_cert, ok, update_cert
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="needs the openssl command (apt-get install openssl)"
@@ -48,10 +48,7 @@ def test_audit_served_agrees_with_what_the_router_served(
     first, added = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
     seen = {"added": presented_chain(router.https_port, "www.shop.test")[0]}
     moments = {"added": now()}
-    second = ca.leaf("www.shop.test")
-    files = ca.write(tmp_path / "second", second)
-    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
-       "-a", "shop", "--confirm", "shop", "--wait")  # fmt: skip
+    second = update_cert(settings, "shop", ca, tmp_path, "www.shop.test")
     seen["updated"] = presented_chain(router.https_port, "www.shop.test")[0]
     moments["updated"] = now()
     ok(settings, "certs:remove", "-a", "shop", "--confirm", "shop", "--wait")

@@ -45,6 +45,15 @@ def add_cert(settings, app: str, ca: DevCA, tmp_path: Path, *hosts: str, **kw: s
     return leaf, reply
 
 
+def update_cert(settings, app: str, ca: DevCA, tmp_path: Path, *hosts: str):
+    """certs:update --wait with a fresh leaf for `hosts`; returns the leaf."""
+    leaf = ca.leaf(*hosts)
+    files = ca.write(tmp_path / f"{app}-{leaf.cert.serial_number}", leaf)
+    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
+       "-a", app, "--confirm", app, "--wait")  # fmt: skip
+    return leaf
+
+
 def tls_client(ca_file: Path, servername: str, port: int) -> http.client.HTTPSConnection:
     """A keep-alive HTTPS client connected to the router with SNI `servername`."""
     context = ssl.create_default_context(cafile=str(ca_file))
@@ -147,10 +156,7 @@ def test_update_reaches_new_handshakes_while_a_keepalive_connection_keeps_workin
     assert client.getresponse().read()
     sock_before = client.sock
 
-    new = ca.leaf("www.shop.test")
-    files = ca.write(tmp_path / "new", new)
-    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
-       "-a", "shop", "--confirm", "shop", "--wait")  # fmt: skip
+    new = update_cert(settings, "shop", ca, tmp_path, "www.shop.test")
 
     assert presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(new.cert_pem)[0]
     client.request("GET", "/after")  # the connection opened before the update still works

@@ -34,7 +34,7 @@ from services.embedded import EmbeddedNats, free_port
 from services.subjects import kv_key
 from tests.conftest import run_cli
 from tests.e2e.conftest import ServiceProcess, fingerprints, presented_chain, wait_for_gateway
-from tests.e2e.test_router import add_cert, ok, tls_client
+from tests.e2e.test_router import add_cert, ok, tls_client, update_cert
 from tests.integration.helpers import add_cert as add_cert_command
 
 # Real clients, as the Heroku docs tell users to check: skipped (saying so) only on a machine
@@ -138,10 +138,7 @@ def test_a_nacked_entry_keeps_the_previous_certificate_served(
         assert reason in waited.stderr
         assert "NACK" not in ok(settings, "routers").stdout.split("\n")[0]
 
-    newer = ca.leaf("www.shop.test")
-    files = ca.write(tmp_path / "newer", newer)
-    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
-       "-a", "shop", "--confirm", "shop", "--wait")  # fmt: skip
+    newer = update_cert(settings, "shop", ca, tmp_path, "www.shop.test")
     listing = json.loads(ok(settings, "routers", "--json").stdout)
     assert listing[0]["status"]["nacks"] == []
     assert presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(newer.cert_pem)[0]
@@ -300,10 +297,7 @@ def test_a_wiped_bucket_keeps_hosts_served_and_updates_flowing(
     assert presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(first.cert_pem)[0]
     projector_process.stop()
     projector_process.start()  # a restart repopulates the bucket
-    second = ca.leaf("www.shop.test")
-    files = ca.write(tmp_path / "second", second)
-    ok(settings, "certs:update", str(files["chain"]), str(files["crt"]), str(files["key"]),
-       "-a", "shop", "--confirm", "shop", "--wait")  # fmt: skip
+    second = update_cert(settings, "shop", ca, tmp_path, "www.shop.test")
     assert (
         presented_chain(router.https_port, "www.shop.test")[0] == fingerprints(second.cert_pem)[0]
     )
