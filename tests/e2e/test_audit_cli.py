@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import _admin, run_cli
 from tests.e2e.conftest import fingerprints, presented_chain, s_client
-from tests.e2e.test_router import add_cert, ok, update_cert
+from tests.e2e.test_router import ok, shop_with_cert, update_cert
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="needs the openssl command (apt-get install openssl)"
@@ -43,9 +43,7 @@ def test_audit_served_agrees_with_what_the_router_served(
 ) -> None:
     router = start_router()
     before_anything = now()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    first, added = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    first, added = shop_with_cert(settings, ca, tmp_path)
     seen = {"added": presented_chain(router.https_port, "www.shop.test")[0]}
     moments = {"added": now()}
     second = update_cert(settings, "shop", ca, tmp_path, "www.shop.test")

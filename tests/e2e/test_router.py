@@ -45,6 +45,13 @@ def add_cert(settings, app: str, ca: DevCA, tmp_path: Path, *hosts: str, **kw: s
     return leaf, reply
 
 
+def shop_with_cert(settings, ca: DevCA, tmp_path: Path, **kw: str):
+    """App `shop` with domain www.shop.test served by a fresh certificate (certs:add --wait)."""
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
+    return add_cert(settings, "shop", ca, tmp_path, "www.shop.test", **kw)
+
+
 def update_cert(settings, app: str, ca: DevCA, tmp_path: Path, *hosts: str):
     """certs:update --wait with a fresh leaf for `hosts`; returns the leaf."""
     leaf = ca.leaf(*hosts)
@@ -74,9 +81,7 @@ def test_certs_add_is_served_by_sni_with_exactly_the_uploaded_chain(
     settings, projector_process, start_router, upstream, ca, ca_file, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    leaf, _ = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    leaf, _ = shop_with_cert(settings, ca, tmp_path)
 
     chain = presented_chain(router.https_port, "www.shop.test")
     assert chain == fingerprints(leaf.cert_pem, ca.intermediate.cert_pem)
@@ -129,9 +134,7 @@ def test_only_tls_12_and_13_are_accepted(
     settings, projector_process, start_router, ca, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    shop_with_cert(settings, ca, tmp_path)
     for old in ("-tls1", "-tls1_1"):
         # the client is allowed the old protocol (security level 0), the router refuses it
         result = s_client(router.https_port, "www.shop.test", old, "-cipher", "DEFAULT@SECLEVEL=0")
@@ -148,9 +151,7 @@ def test_update_reaches_new_handshakes_while_a_keepalive_connection_keeps_workin
     settings, projector_process, start_router, ca, ca_file, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    old, _ = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    old, _ = shop_with_cert(settings, ca, tmp_path)
     client = tls_client(ca_file, "www.shop.test", router.https_port)
     client.request("GET", "/before")
     assert client.getresponse().read()
@@ -172,9 +173,7 @@ def test_certs_remove_stops_https_for_the_domain(
     settings, projector_process, start_router, ca, ca_file, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    shop_with_cert(settings, ca, tmp_path)
     assert presented_chain(router.https_port, "www.shop.test")
     ok(settings, "certs:remove", "-a", "shop", "--confirm", "shop", "--wait")
     result = s_client(router.https_port, "www.shop.test")
@@ -189,9 +188,7 @@ def test_routers_lists_live_routers_and_wait_says_who_is_behind(
     settings, projector_process, start_router, ca, tmp_path
 ) -> None:
     first, second = start_router("edge-a"), start_router("edge-b")
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    _, reply = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    _, reply = shop_with_cert(settings, ca, tmp_path)
     position = reply["position"]
     assert "served by all 2 live router(s)" in ok(settings, "wait", str(position)).stdout
     listing = json.loads(ok(settings, "routers", "--json").stdout)
@@ -213,9 +210,7 @@ def test_a_router_stopped_with_sigterm_finishes_requests_in_flight(
     settings, projector_process, start_router, ca, ca_file, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    shop_with_cert(settings, ca, tmp_path)
     client = tls_client(ca_file, "www.shop.test", router.https_port)
     outcome: dict[str, object] = {}
 

@@ -34,7 +34,7 @@ from services.embedded import EmbeddedNats, free_port
 from services.subjects import kv_key
 from tests.conftest import run_cli
 from tests.e2e.conftest import ServiceProcess, fingerprints, presented_chain, wait_for_gateway
-from tests.e2e.test_router import add_cert, ok, tls_client, update_cert
+from tests.e2e.test_router import add_cert, ok, shop_with_cert, tls_client, update_cert
 from tests.integration.helpers import add_cert as add_cert_command
 
 # Real clients, as the Heroku docs tell users to check: skipped (saying so) only on a machine
@@ -89,9 +89,7 @@ def test_a_nacked_entry_keeps_the_previous_certificate_served(
     settings, projector_process, start_router, ca, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    good, _ = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    good, _ = shop_with_cert(settings, ca, tmp_path)
 
     original: list[RouterConfigEntry] = []
 
@@ -148,9 +146,7 @@ def test_migrating_from_a_legacy_endpoint_to_sni_fails_no_handshake(
     settings, projector_process, start_router, ca, ca_file, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    legacy, added = add_cert(settings, "shop", ca, tmp_path, "www.shop.test", type="endpoint")
+    legacy, added = shop_with_cert(settings, ca, tmp_path, type="endpoint")
     legacy_name = next(e["endpoint"] for e in added["events"] if e["type"] == "cert.added")
     port = router.https_port
     assert served_fingerprint(port, "www.shop.test", ca_file) == fingerprints(legacy.cert_pem)[0]
@@ -282,9 +278,7 @@ def test_a_wiped_bucket_keeps_hosts_served_and_updates_flowing(
     settings, projector_process, start_router, ca, tmp_path
 ) -> None:
     router = start_router()
-    ok(settings, "apps:create", "shop")
-    ok(settings, "domains:add", "www.shop.test", "-a", "shop")
-    first, _ = add_cert(settings, "shop", ca, tmp_path, "www.shop.test")
+    first, _ = shop_with_cert(settings, ca, tmp_path)
 
     async def wipe() -> None:
         nc = await nats.connect(settings.nats_url)
