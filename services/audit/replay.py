@@ -9,6 +9,8 @@ collision with what is allocated at that point). Nothing here needs or touches a
 
 from __future__ import annotations
 
+import array
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -239,9 +241,12 @@ class Snapshot:
     targets: DnsTargets
 
 
-async def snapshot(conn: asyncpg.Connection, moment: Moment, zone: str) -> Snapshot:
-    """Pass 1 of a replay (inside its transaction): the head, and DNS targets allocated in
-    log order from the only events that change them."""
+async def snapshot(
+    conn: asyncpg.Connection, moment: Moment, zone: str, *, dns: bool = True
+) -> Snapshot:
+    """The head at `moment` (inside the replay's transaction) and, with `dns`, DNS targets
+    allocated in log order from the only events that change them (the exact way; a replay
+    first tries `FirstDraws`, which needs no such pass)."""
     head = await conn.fetchrow(
         "select position, recorded_at from events where ($1::bigint is null or position <= $1)"
         " and ($2::timestamptz is null or recorded_at <= $2) order by position desc limit 1",
@@ -249,6 +254,8 @@ async def snapshot(conn: asyncpg.Connection, moment: Moment, zone: str) -> Snaps
         moment.at,
     )
     targets = DnsTargets(zone)
+    if not dns:
+        return Snapshot(head[0] if head else 0, head[1] if head else None, targets)
     query = (
         "select type, event_id::text, data->>'app', data->>'hostname' from events"
         " where type = any($1) and ($2::bigint is null or position <= $2)"
@@ -262,38 +269,106 @@ async def snapshot(conn: asyncpg.Connection, moment: Moment, zone: str) -> Snaps
     return Snapshot(head[0] if head else 0, head[1] if head else None, targets)
 
 
+class FirstDraws:
+    """DNS targets without a pass of their own. A re-draw happens only when a target is taken;
+    if no first draw of any DomainAdded ever equals another, none happened, and every
+    hostname's target is its first draw. Keeps 8 bytes per DomainAdded to check that."""
+
+    def __init__(self) -> None:
+        self.drawn = array.array("Q")
+
+    def key(self, event_id: str) -> TargetKey:
+        key = target_key(event_id, 0)
+        self.drawn.append(key & 0xFFFFFFFFFFFFFFFF)
+        return key
+
+    @property
+    def exact(self) -> bool:
+        """False when two draws coincide: then only the log-order allocation is exact."""
+        return len(set(self.drawn)) == len(self.drawn)
+
+
 async def apps_at(
     conn: asyncpg.Connection,
     moment: Moment,
     *,
     app: str | None = None,
     progress: Callable[[int], None] | None = None,
-) -> AsyncIterator[AppState]:
-    """Pass 2 (inside the same transaction): each app's stream folded in its own order, one
-    app in memory at a time, yielded if it exists at the moment. Memory stays flat whatever
-    the log's length and however many apps there were."""
-    where, args = (
-        ("stream_id = $1", (app_stream(app),)) if app else ("stream_id like $1", (f"{APP}-%",))
-    )
+    draws: FirstDraws | None = None,
+    spare: asyncpg.Connection | None = None,
+    chunks: int = 8,
+) -> AsyncIterator[tuple[AppState, dict[str, TargetKey]]]:
+    """Each app's stream folded in its own order, one app in memory at a time, yielded if it
+    exists at the moment (inside a transaction). Memory stays flat whatever the log's length
+    and however many apps there were. With a `spare` connection (in a transaction too), the
+    apps are read in `chunks` partitions, the next one sorted by PostgreSQL on the other core
+    while this one is folded; give a `moment` with a position so both see the same events."""
+    values: list[object] = [app_stream(app) if app else f"{APP}-%"]
+    query = (
+        "select stream_id, type, schema_version, data::text,"
+        " case when type = 'domain.added' then event_id::text end from events where "
+    ) + (
+        "stream_id = $1" if app else "stream_id like $1"
+    )  # only what a fold reads: every column less is less to send and parse
+    if moment.position is not None:
+        values.append(moment.position)
+        query += f" and position <= ${len(values)}"
+    if moment.at is not None:
+        values.append(moment.at)
+        query += f" and recorded_at <= ${len(values)}"
     current: AppState | None = None
+    keys: dict[str, TargetKey] = {}  # this app's hostnames' first-draw targets
+    draws = draws or FirstDraws()
+    stream: str | None = None
     done = 0
-    async for batch in stream_events(
-        conn, moment, where=where, args=args, order="stream_id, stream_version"
-    ):
-        for stored in batch:
-            name = stored.stream_id[len(_APP_PREFIX) :]
-            if current is None or current.name != name:
+    evolve = app_aggregate.evolve
+    conns = [conn] if spare is None or app else [conn, spare]
+    async for records in _chunked(conns, query, values, chunks if len(conns) > 1 else 1):
+        for stream_id, type_, version, data, added_id in records:
+            if stream_id != stream:
                 if current is not None and current.exists:
-                    yield current
-                current = AppState(name=name)
-            current = app_aggregate.evolve(current, stored.event)  # type: ignore[arg-type]
-            if type(stored.event) in _CERT_EVENTS:
-                current = _without_key_material(current)
-        done += len(batch)
+                    yield current, keys
+                stream = stream_id
+                current = AppState(name=stream_id[len(_APP_PREFIX) :])
+                keys = {}
+            event = decode_event(type_, version, data)
+            if added_id is not None:
+                keys[event.hostname] = draws.key(added_id)  # type: ignore[union-attr]
+            elif type(event) is DomainRemoved:
+                keys.pop(event.hostname, None)
+            current = evolve(current, event)  # type: ignore[arg-type, arg-type]
+            if type(event) in _CERT_EVENTS:
+                current = _without_key_material(current)  # type: ignore[arg-type]
+        done += len(records)
         if progress is not None:
             progress(done)
     if current is not None and current.exists:
-        yield current
+        yield current, keys
+
+
+async def _chunked(
+    conns: list[asyncpg.Connection], query: str, values: list[object], chunks: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The query's rows partitioned by stream, partition k on connection k mod 2; the next
+    partition's first batch (and so its sort) is requested before this one is read."""
+
+    def part(k: int) -> AsyncIterator[list[asyncpg.Record]]:
+        where = f" and (hashtext(stream_id) & 2147483647) % {chunks} = {k}" if chunks > 1 else ""
+        order = " order by stream_id, stream_version"
+        return prefetched_batches(conns[k % len(conns)], query + where + order, *values)
+
+    parts = [part(k) for k in range(chunks)]
+    upcoming = asyncio.ensure_future(anext(parts[0], None))
+    for k in range(chunks):
+        first = await upcoming
+        if k + 1 < chunks and len(conns) > 1:
+            upcoming = asyncio.ensure_future(anext(parts[k + 1], None))
+        if first is not None:
+            yield first
+            async for batch in parts[k]:
+                yield batch
+        if k + 1 < chunks and len(conns) == 1:
+            upcoming = asyncio.ensure_future(anext(parts[k + 1], None))
 
 
 # -- what a reader sees --------------------------------------------------------------------
@@ -314,12 +389,15 @@ def endpoint_summary(e: EndpointState, app: AppState) -> dict[str, object]:
     }
 
 
-def app_summary(app: AppState, targets: DnsTargets) -> dict[str, object]:
+def app_summary(
+    app: AppState, targets: DnsTargets | Callable[[str], str | None]
+) -> dict[str, object]:
+    target_of = targets.of if isinstance(targets, DnsTargets) else targets
     return {
         "app": app.name,
         "domains": {
             host: {
-                "dns_target": targets.of(host),
+                "dns_target": target_of(host),
                 "endpoint": (app.endpoint_for(host).name if app.endpoint_for(host) else None),  # type: ignore[union-attr]
                 "dns_verified": d.dns_verified,
             }

@@ -22,6 +22,7 @@ from services.audit.export import export
 from services.audit.keys import trusted_public_key
 from services.audit.proofs import ProofFailed, consistency_proof, inclusion_proof
 from services.audit.replay import (
+    FirstDraws,
     Moment,
     Replay,
     app_summary,
@@ -43,6 +44,7 @@ from services.audit.verify import (
 )
 from services.cli import output
 from services.config import Settings
+from services.domain.dns_target import render
 from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
 from services.domain.tree_head import key_id, signature_problem
@@ -286,28 +288,47 @@ def _clear_progress() -> None:
 async def audit_replay(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     moment = _moment(args)
-    conn = await connect(settings)
+    conn, spare = await connect(settings), await connect(settings)
     summaries: list[dict[str, object]] = []
+    zone = settings.dns_zone
     try:
-        async with conn.transaction(readonly=True, isolation="repeatable_read"):
-            snap = await snapshot(conn, moment, settings.dns_zone)
+        async with conn.transaction(readonly=True), spare.transaction(readonly=True):
+            snap = await snapshot(conn, moment, zone, dns=False)
+            upto = Moment(position=snap.position)  # both connections see exactly these events
             if not args.json:
                 when = f" ({snap.recorded_at:%Y-%m-%d %H:%M:%S} UTC)" if snap.recorded_at else ""
                 print(f"=== State after position {snap.position}{when}")
-            async for app in apps_at(conn, moment, app=args.app, progress=_replay_progress):
-                summary = app_summary(app, snap.targets)
+            draws = FirstDraws()
+            # text streams (one app in memory at a time); JSON is one document, printed at the end
+            async for app, keys in apps_at(conn, upto, app=args.app, draws=draws, spare=spare,
+                                           progress=_replay_progress):  # fmt: skip
+                summary = app_summary(app, lambda h, k=keys: render(k[h], zone) if h in k else None)  # type: ignore[misc]
                 if args.json:
                     summaries.append(summary)
                 else:
                     _clear_progress()
-                    _print_app(summary)  # streamed: one app in memory at a time
+                    _print_app(summary)
+            if not draws.exact:  # a DNS target was re-drawn somewhere: allocate in log order
+                if not args.json:
+                    output.warn("A DNS target was re-drawn in this log (two draws coincided): "
+                                "the exact listing follows.")  # fmt: skip
+                exact = await snapshot(conn, upto, zone)
+                summaries = [
+                    app_summary(app, exact.targets)
+                    async for app, _ in apps_at(conn, upto, app=args.app)
+                ]
+                if not args.json:
+                    for summary in summaries:
+                        _print_app(summary)
     finally:
         await conn.close()
+        await spare.close()
     _clear_progress()
     if args.json:
         output.print_json({"position": snap.position, "recorded_at": snap.recorded_at,
                            "apps": summaries})  # fmt: skip
-    elif not summaries and not _printed["any"]:
+        return
+    if not _printed["any"]:
         print(f"No app {args.app} then." if args.app else "No apps then.")
 
 

@@ -14,8 +14,8 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from events.app import CreateApp
-from events.domain import AddDomain
+from events.app import CreateApp, DestroyApp
+from events.domain import AddDomain, RemoveDomain
 from services.audit.keys import load_signing_key
 from services.audit.log_integrity import ROW_COLUMNS, LogRow
 from services.audit.proofs import ProofFailed, consistency_proof, inclusion_proof
@@ -273,3 +273,44 @@ async def test_consistency_passes_for_an_honest_log_and_fails_for_a_fork(
     finally:
         await conn.close()
     assert msgspec.json.encode(forked)  # a well-formed, validly signed head: still refused
+
+
+async def test_a_replay_agrees_with_the_live_projections_both_ways(
+    cp, projectors, ca, db_url, settings
+) -> None:
+    """The chunked replay (two connections, first-draw DNS targets) and the exact one (DNS
+    targets allocated in log order) give what the dns_targets and certificates projections
+    show now."""
+    from services.audit.replay import FirstDraws, Moment, app_summary, apps_at, snapshot
+    from services.domain.dns_target import render
+
+    last = await sealed_history(cp, ca, db_url)
+    await cp.command(DestroyApp(app="shop-2"))
+    last = (await cp.command(RemoveDomain(app="shop-3", hostname="www.shop-3.test"))).position
+    await projected(cp, last)
+    conn, spare = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        projected_targets = dict(
+            await conn.fetch("select hostname, target from dns_targets.dns_targets")
+        )
+        async with conn.transaction(readonly=True), spare.transaction(readonly=True):
+            snap = await snapshot(conn, Moment(), settings.dns_zone, dns=False)
+            upto, draws = Moment(position=snap.position), FirstDraws()
+            fast = {
+                app.name: app_summary(
+                    app, lambda h, k=keys: render(k[h], settings.dns_zone) if h in k else None
+                )
+                async for app, keys in apps_at(conn, upto, draws=draws, spare=spare, chunks=3)
+            }
+            exact_snap = await snapshot(conn, upto, settings.dns_zone)
+            exact = {
+                app.name: app_summary(app, exact_snap.targets)
+                async for app, _ in apps_at(conn, upto)
+            }
+    finally:
+        await conn.close()
+        await spare.close()
+    assert draws.exact and fast == exact
+    assert sorted(fast) == ["shop-0", "shop-1", "shop-3", "shop-4", "shop-5"]
+    replayed = {h: d["dns_target"] for s in fast.values() for h, d in s["domains"].items()}
+    assert replayed == projected_targets  # the replay re-derives what the projection allocated
