@@ -121,29 +121,35 @@ async def main() -> None:
         sealer = SealerProjection(key, None, "bench.audit.checkpoints", writer_key=None,
                                   every=1000, seconds=3600)  # fmt: skip
         _, seal_s = await catch_up(url, sealer)
+        conn = await asyncpg.connect(url)
+        await conn.execute("vacuum analyze")  # settle the freshly written tables first,
+        await conn.execute("checkpoint")  # so no background flush runs during a phase
+        await conn.close()
         public = key.public_key().public_bytes_raw().hex()
-        results = {
-            name: run_phase(name, url, public) for name in ("raw", "replay", "verify", "raw")
-        }
+        runs: dict[str, list[dict[str, float]]] = {"raw": [], "replay": [], "verify": []}
+        for _ in range(2):  # alternated: drift on this shared machine hits all three alike
+            for name in runs:
+                runs[name].append(run_phase(name, url, public))
     finally:
         admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
         await admin.execute(f'drop database if exists "{db}" with (force)')
         await admin.close()
 
-    raw = results["raw"]
     print(f"## Audit — {dt.date.today()}\n")
     print(f"Machine: {machine()}  ")
     print(f"Command: `.venv/bin/python bench/audit.py --events {args.events}`\n")
     print(f"Log: {count:,} events written with COPY in {build_s:.0f} s; the sealer caught up "
           f"in {seal_s:.1f} s ({count / seal_s:,.0f} events/s, a signed head every 1,000).\n")  # fmt: skip
-    print("| what | events/s | ratio to raw | peak RSS | target |\n|---|---|---|---|---|")
-    print(
-        f"| raw: cursor read + msgspec decode | {raw['rate']:,.0f} | 1.00 | {raw['peak_mb']:.0f} MB | |"
-    )
-    for name, target in (("replay", "≥ 100,000/s, < 300 MB"), ("verify", "≥ 0.5 × raw, < 300 MB")):
-        r = results[name]
-        print(f"| {name} | {r['rate']:,.0f} | {r['rate'] / raw['rate']:.2f} | "
-              f"{r['peak_mb']:.0f} MB | {target} |")  # fmt: skip
+    print("| what | run | events/s | ratio to that run's raw | peak RSS | target |")
+    print("|---|---|---|---|---|---|")
+    targets = {"raw": "", "replay": "≥ 100,000/s, < 300 MB", "verify": "≥ 0.5 × raw, < 300 MB"}
+    for i in range(2):
+        raw = runs["raw"][i]["rate"]
+        for name, target in targets.items():
+            r = runs[name][i]
+            label = "raw: cursor read + msgspec decode" if name == "raw" else name
+            print(f"| {label} | {i + 1} | {r['rate']:,.0f} | {r['rate'] / raw:.2f} | "
+                  f"{r['peak_mb']:.0f} MB | {target} |")  # fmt: skip
 
 
 if __name__ == "__main__":
