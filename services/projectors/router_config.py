@@ -215,6 +215,13 @@ class RouterConfigProjection:
         if self.kv is None:
             self._dirty.clear()
             return
+        if self._needs_reconcile:
+            # An earlier publish failed (NATS away): publishing just this batch and then a
+            # newer `_checkpoint` would tell routers they converged while missing it. Repair
+            # the whole bucket first; the checkpoint follows only once it matches the table.
+            self._dirty.clear()
+            await self.reconcile(conn, schema)
+            return
         entries, self._dirty = self._dirty, {}
         hosts = sorted(entries)
         kv = self.kv
