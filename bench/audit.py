@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.harness import machine
+from bench.harness import drop_database, machine, scratch_database
 from bench.projections import build_log, catch_up
 from services.audit.replay import FirstDraws, Moment, app_summary, apps_at, snapshot
 from services.audit.verify import verify_database
@@ -42,7 +41,6 @@ from services.domain.dns_target import render
 from services.domain.key_envelope import MasterKey
 from services.projectors.sealer import SealerProjection
 from services.runner import tune_gc
-from services.storage.database import _with_database, ensure_database
 from services.storage.event_log import STORED_COLUMNS, stored_event
 from services.storage.row_stream import prefetched_batches
 
@@ -111,9 +109,7 @@ async def main() -> None:
         return
 
     base = Settings.from_env()
-    db = f"bench_audit_{secrets.token_hex(4)}"
-    url = _with_database(base.database_url, db)
-    await ensure_database(url)
+    url = await scratch_database(base.database_url, "bench_audit")
     try:
         ca = DevCA.create("bench")
         count, build_s = await build_log(url, args.events, MasterKey.generate(), ca)
@@ -131,9 +127,7 @@ async def main() -> None:
             for name in runs:
                 runs[name].append(run_phase(name, url, public))
     finally:
-        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
-        await admin.execute(f'drop database if exists "{db}" with (force)')
-        await admin.close()
+        await drop_database(url)
 
     print(f"## Audit — {dt.date.today()}\n")
     print(f"Machine: {machine()}  ")

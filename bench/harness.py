@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import secrets
 import statistics
 import subprocess
 import time
@@ -101,3 +102,25 @@ def machine() -> str:
 
 def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f}"
+
+
+async def scratch_database(base_url: str, prefix: str) -> str:
+    """A fresh, migrated database for one benchmark run; its URL. Drop it with
+    `drop_database` whatever happens."""
+    from services.storage.database import _with_database, ensure_database
+
+    url = _with_database(base_url, f"{prefix}_{secrets.token_hex(4)}")
+    await ensure_database(url)
+    return url
+
+
+async def drop_database(url: str) -> None:
+    import asyncpg
+
+    from services.storage.database import _with_database, database_name
+
+    admin = await asyncpg.connect(_with_database(url, "postgres"))
+    try:
+        await admin.execute(f'drop database if exists "{database_name(url)}" with (force)')
+    finally:
+        await admin.close()

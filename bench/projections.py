@@ -31,7 +31,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import machine, percentile
+from bench.harness import drop_database, machine, percentile, scratch_database
 from events.app import AppCreated, CreateApp
 from events.base import Metadata
 from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode
@@ -50,7 +50,6 @@ from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
 from services.runner import tune_gc
-from services.storage.database import _with_database, ensure_database
 from services.storage.event_log import STORED_COLUMNS, stored_event
 from services.storage.hash_chain import GENESIS, content_hash, event_hash
 
@@ -191,9 +190,7 @@ async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type:
 async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> list[str]:
     """Accepted reply -> ROUTER_CONFIG update seen by a KV watcher, with paced commands."""
     tag = secrets.token_hex(4)
-    db = f"cpbench_lag_{tag}"
-    url = _with_database(base.database_url, db)
-    await ensure_database(url)
+    url = await scratch_database(base.database_url, "cpbench_lag")
     master = MasterKey.generate()
     state = Path(f"/tmp/cpbench-lag-{tag}")
     state.mkdir()
@@ -202,6 +199,8 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
 
     router = X25519PrivateKey.generate()
     router_file.write_text(__import__("base64").b64encode(router.private_bytes_raw()).decode())
+    audit_file = state / "audit-signing.key"  # the sealer runs too, as in a deployment
+    audit_file.write_text(__import__("base64").b64encode(os.urandom(32)).decode())
     prefix = f"lag{tag}"
     bucket = f"ROUTER_CONFIG_{prefix}"
     env = {
@@ -211,6 +210,7 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
         "CERTPLANE_PREFIX": prefix,
         "CERTPLANE_MASTER_KEY": master.to_text(),
         "CERTPLANE_ROUTER_KEY_FILE": str(router_file),
+        "CERTPLANE_AUDIT_KEY_FILE": str(audit_file),
         "CERTPLANE_ROUTER_BUCKET": bucket,
         "CERTPLANE_TRUST_SYSTEM_STORE": "0",
         "CERTPLANE_LOG_LEVEL": "WARNING",
@@ -221,7 +221,7 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
         services = [
             ["gateway"],
             ["projector", "router_config"],
-            ["projector", "certificates", "dns_targets", "audit"],
+            ["projector", "certificates", "dns_targets", "audit", "sealer"],
         ]
     procs = [
         subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=env, cwd=REPO)
@@ -318,9 +318,7 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
         except Exception:
             pass
         await nc2.close()
-        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
-        await admin.execute(f'drop database if exists "{db}" with (force)')
-        await admin.close()
+        await drop_database(url)
     return lines
 
 
@@ -331,10 +329,7 @@ async def main() -> None:
     parser.add_argument("--lag-seconds", type=float, default=10.0)
     opts = parser.parse_args()
     base = Settings.from_env()
-    tag = secrets.token_hex(4)
-    db = f"cpbench_proj_{tag}"
-    url = _with_database(base.database_url, db)
-    await ensure_database(url)
+    url = await scratch_database(base.database_url, "cpbench_proj")
     ca = DevCA.create("bench")
     master = MasterKey.generate()
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -360,9 +355,7 @@ async def main() -> None:
             )
             print(lines[-1], file=sys.stderr)
     finally:
-        admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
-        await admin.execute(f'drop database if exists "{db}" with (force)')
-        await admin.close()
+        await drop_database(url)
     lag_lines = await lag(base, [100, 1000], opts.lag_seconds, ca)
     print(f"## Projections — {dt.date.today().isoformat()}\n")
     print(f"Machine: {machine()}  ")

@@ -31,14 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
 import msgspec
 import nats
 from cryptography.hazmat.primitives import hashes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import machine, percentile
+from bench.harness import drop_database, machine, percentile, scratch_database
 from events.app import CreateApp
 from events.domain import AddDomain
 from events.endpoint import EndpointType
@@ -50,7 +49,6 @@ from services.devcerts import DevCA, issue
 from services.domain.key_envelope import MasterKey, public_bytes, seal_for_router
 from services.projectors.service import router_bucket
 from services.router_key import load_router_private_key
-from services.storage.database import _with_database, ensure_database
 from services.subjects import CHECKPOINT_KEY, Subjects, kv_key
 from tests.integration.helpers import add_cert
 
@@ -303,9 +301,7 @@ async def main() -> None:
 
     base = Settings.from_env()
     token = secrets.token_hex(4)
-    db = f"bench_router_{token}"
-    url = _with_database(base.database_url, db)
-    await ensure_database(url)
+    url = await scratch_database(base.database_url, "bench_router")
     with tempfile.TemporaryDirectory(prefix="certplane-bench-") as directory:
         tmp = Path(directory)
         ca = DevCA.create("bench")
@@ -349,9 +345,7 @@ async def main() -> None:
                 s.send_signal(signal.SIGTERM)
             for s in services:
                 s.wait(20)
-            admin = await asyncpg.connect(_with_database(base.database_url, "postgres"))
-            await admin.execute(f'drop database if exists "{db}" with (force)')
-            await admin.close()
+            await drop_database(url)
 
     static = [r for n, r, _ in rates if n.startswith("static")]
     router = [r for n, r, _ in rates if n.startswith("certplane")]

@@ -40,6 +40,18 @@ class Moment:
     at: dt.datetime | None = None
 
 
+def _up_to(moment: Moment, values: list[object]) -> str:
+    """The SQL condition for "at or before `moment`", its values appended to `values`."""
+    clause = ""
+    if moment.position is not None:
+        values.append(moment.position)
+        clause += f" and position <= ${len(values)}"
+    if moment.at is not None:
+        values.append(moment.at)
+        clause += f" and recorded_at <= ${len(values)}"
+    return clause
+
+
 async def stream_events(
     conn: asyncpg.Connection,
     moment: Moment,
@@ -53,13 +65,7 @@ async def stream_events(
     batch at a time (inside a transaction). Without metadata, a lighter select."""
     columns = STORED_COLUMNS if with_metadata else _FOLD_COLUMNS
     values: list[object] = list(args)
-    query = f"select {columns} from events where ({where})"
-    if moment.position is not None:
-        values.append(moment.position)
-        query += f" and position <= ${len(values)}"
-    if moment.at is not None:
-        values.append(moment.at)
-        query += f" and recorded_at <= ${len(values)}"
+    query = f"select {columns} from events where ({where}){_up_to(moment, values)}"
     decode = stored_event if with_metadata else _without_metadata
     async for records in prefetched_batches(conn, f"{query} order by {order}", *values):
         yield [decode(r) for r in records]
@@ -310,12 +316,7 @@ async def apps_at(
     ) + (
         "stream_id = $1" if app else "stream_id like $1"
     )  # only what a fold reads: every column less is less to send and parse
-    if moment.position is not None:
-        values.append(moment.position)
-        query += f" and position <= ${len(values)}"
-    if moment.at is not None:
-        values.append(moment.at)
-        query += f" and recorded_at <= ${len(values)}"
+    query += _up_to(moment, values)
     current: AppState | None = None
     keys: dict[str, TargetKey] = {}  # this app's hostnames' first-draw targets
     draws = draws or FirstDraws()

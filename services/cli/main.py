@@ -562,7 +562,10 @@ def projector_cmd(args: argparse.Namespace) -> None:
     from services.projectors.service import run_projectors
     from services.runner import run_service
 
-    run_service("projector", lambda stop: run_projectors(_settings(), args.names, stop))
+    try:
+        run_service("projector", lambda stop: run_projectors(_settings(), args.names, stop))
+    except FileNotFoundError as e:  # a key file the operator has not given this host
+        _fail(EXIT_USAGE, f"{e}. (Or run only some projections: certplane projector NAME...)")
 
 
 # -- routers ------------------------------------------------------------------------------
