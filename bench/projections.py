@@ -47,6 +47,7 @@ from services.projectors import store
 from services.projectors.audit import AuditProjection
 from services.projectors.certificates import CertificatesProjection
 from services.projectors.dns_targets import DnsTargetsProjection
+from services.projectors.reader import BatchReader
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner
 from services.runner import tune_gc
@@ -175,6 +176,8 @@ async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type:
     """Rebuild through the runner's own code path (generation 1 -> 2), timed."""
     runner = ProjectorRunner(projection, url)
     conn = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
+    reader = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
+    runner._reader = BatchReader(reader, runner.batch_size, projection.event_types)
     try:
         generation = await store.live_generation(conn, projection.name)
         schema = await store.ensure_tables(conn, projection, generation)
@@ -184,6 +187,7 @@ async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type:
         await runner._rebuild_generation(conn, schema)
         return runner.position, time.perf_counter() - started
     finally:
+        await reader.close()
         await conn.close()
 
 

@@ -46,7 +46,7 @@ from events.router import ConfigCheckpoint, RouterConfigEntry, RouterStatus
 from services.cli.client import ControlPlane
 from services.config import Settings
 from services.devcerts import DevCA, issue
-from services.domain.key_envelope import MasterKey, public_bytes, seal_for_router
+from services.domain.key_envelope import MasterKey, RouterSealer, public_bytes
 from services.projectors.service import router_bucket
 from services.router_key import load_router_private_key
 from services.subjects import CHECKPOINT_KEY, Subjects, kv_key
@@ -233,6 +233,7 @@ async def memory(
     settings: Settings, env: dict[str, str], tmp: Path, ca: DevCA, hostnames: int
 ) -> dict[str, float]:
     router_public = public_bytes(load_router_private_key(settings).public_key())
+    sealer = RouterSealer(os.urandom(32), router_public)
     bucket = f"{settings.router_bucket}_MEM"
     nc = await nats.connect(settings.nats_url)
     out: dict[str, float] = {}
@@ -250,8 +251,8 @@ async def memory(
             host = f"h{i}.mem.test"
             leaf = issue(host, issuer=ca.intermediate, sans=[host])
             key_id = f"key-{i}"
-            seal = seal_for_router(leaf.key_pem, router_public, key_id=key_id,
-                                   derivation_secret=hashlib.sha256(key_id.encode()).digest())  # fmt: skip
+            seal = sealer.seal(leaf.key_pem, key_id=key_id,
+                               derivation_secret=hashlib.sha256(key_id.encode()).digest())  # fmt: skip
             entry = RouterConfigEntry(
                 hostname=host, app=f"app-{i % 1000}", endpoint=f"ep-{i}",
                 endpoint_type=EndpointType.SNI,

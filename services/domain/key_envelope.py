@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ _SEAL_INFO = b"certplane/seal-to-gateway/v1"
 _TRANSPORT_INFO = b"certplane/gateway-transport-key/v1"
 _WRAP_AAD = b"certplane/data-key/v1:"
 _ROUTER_INFO = b"certplane/seal-to-router/v1"
-_ROUTER_EPHEMERAL_INFO = b"certplane/seal-to-router/ephemeral/v1"
+_ROUTER_SENDER_INFO = b"certplane/seal-to-router/sender/v1"
 
 
 @dataclass(frozen=True)
@@ -159,32 +160,48 @@ def router_key_id(public: bytes) -> str:
     return hashlib.sha256(b"router:" + public).hexdigest()[:16]
 
 
-def seal_for_router(
-    private_key: bytes, router_public: bytes, *, key_id: str, derivation_secret: bytes
-) -> RouterKeySeal:
-    """Seal key bytes to the routers' X25519 key, deterministically.
+class RouterSealer:
+    """Seals certificate keys to the routers' X25519 key, deterministically and cheaply.
 
-    The ephemeral key and nonce derive from `derivation_secret` (the certificate's data key),
-    the router key and the data key id, so one certificate's key always seals to the same
-    bytes (for every hostname it serves): a rebuilt projection equals the old one and
-    republishes nothing. Safe because one (ephemeral key, nonce) pair only ever encrypts the
-    one plaintext it was derived for.
+    The sender key is static (derived from a secret the projector holds: the master key), so
+    the X25519 agreement with the routers' key happens once, not once per certificate: that
+    agreement was most of a router_config rebuild. Routers open a seal exactly as an ECIES
+    one (their key with the seal's `ephemeral_public`, here the sender's public key). Nothing
+    is exposed that was not before: whoever holds the master key can decrypt every data key
+    anyway, and whoever holds the router key can open every seal anyway.
+
+    Every seal is then under one AES-GCM key, so a nonce must never serve two plaintexts: it
+    is an HMAC of the plaintext under the certificate's data key (as SIV modes do). One
+    certificate's key thus always seals to the same bytes, for every hostname it serves and
+    in every rebuild (nothing is republished), and two different keys share a nonce only by
+    a 96-bit chance.
     """
-    info = _ROUTER_EPHEMERAL_INFO + key_id.encode()
-    material = HKDF(hashes.SHA256(), 44, salt=router_public, info=info).derive(derivation_secret)
-    ephemeral = X25519PrivateKey.from_private_bytes(material[:32])
-    nonce = material[32:]
-    eph_pub = public_bytes(ephemeral.public_key())
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(router_public))
-    key = HKDF(hashes.SHA256(), 32, salt=eph_pub + router_public, info=_ROUTER_INFO).derive(shared)
-    ciphertext = AESGCM(key).encrypt(nonce, private_key, key_id.encode())
-    return RouterKeySeal(
-        router_key_id=router_key_id(router_public),
-        key_id=key_id,
-        ephemeral_public=eph_pub,
-        nonce=nonce,
-        ciphertext=ciphertext,
-    )
+
+    def __init__(self, sender_secret: bytes, router_public: bytes) -> None:
+        material = HKDF(hashes.SHA256(), 32, salt=router_public, info=_ROUTER_SENDER_INFO)
+        sender = X25519PrivateKey.from_private_bytes(material.derive(sender_secret))
+        self.sender_public = public_bytes(sender.public_key())
+        self.router_public = router_public
+        self.router_key_id = router_key_id(router_public)
+        shared = sender.exchange(X25519PublicKey.from_public_bytes(router_public))
+        salt = self.sender_public + router_public
+        self._aead = AESGCM(HKDF(hashes.SHA256(), 32, salt=salt, info=_ROUTER_INFO).derive(shared))
+
+    @classmethod
+    def for_master(cls, master: MasterKey, router_public: bytes) -> RouterSealer:
+        return cls(master.secret, router_public)
+
+    def seal(self, private_key: bytes, *, key_id: str, derivation_secret: bytes) -> RouterKeySeal:
+        """`derivation_secret`: the certificate's data key, which keys the nonce's HMAC."""
+        digest = hmac.new(derivation_secret, key_id.encode() + b"\0" + private_key, "sha256")
+        nonce = digest.digest()[:12]
+        return RouterKeySeal(
+            router_key_id=self.router_key_id,
+            key_id=key_id,
+            ephemeral_public=self.sender_public,
+            nonce=nonce,
+            ciphertext=self._aead.encrypt(nonce, private_key, key_id.encode()),
+        )
 
 
 def open_router_seal(sealed: RouterKeySeal, router_private: X25519PrivateKey) -> bytes:

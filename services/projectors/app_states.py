@@ -8,13 +8,18 @@ disagree with the write side about what an event means.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import get_args
 
 import asyncpg
 
+from events.union import AppEvent, tag_of
 from services.domain import app as app_aggregate
 from services.domain.app import AppState
 from services.domain.streams import APP, app_stream, category
 from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
+
+# Every event of an app's stream, derived from the union so a new app event is never missed.
+APP_EVENT_TYPES = frozenset(tag_of(t) for t in get_args(AppEvent))
 
 
 def app_of(event: StoredEvent) -> str | None:
@@ -66,6 +71,8 @@ class AppStates:
         The cache then holds the states after the batch; the runner resets it if the batch's
         transaction fails.
         """
+        if not events:
+            return []
         first = events[0].position
         states: dict[str, AppState] = {}
         steps = []

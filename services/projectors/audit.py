@@ -75,6 +75,7 @@ def trace_id(traceparent: str) -> str:
 class AuditProjection:
     name = "audit"
     tables = ("audit_log",)
+    event_types = None  # every event is audited
 
     def reset(self) -> None:
         return None
@@ -88,7 +89,9 @@ class AuditProjection:
             f'create index on "{schema}".audit_log (app, recorded_at)',
         ]
 
-    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
+    ) -> None:
         rows = []
         for e in events:
             app, obj, summary = describe(e.event)
@@ -96,7 +99,8 @@ class AuditProjection:
                 (e.position, e.recorded_at, app, e.metadata.actor, tag_of(type(e.event)), obj,
                  summary, e.command_id, trace_id(e.metadata.traceparent))
             )  # fmt: skip
-        await conn.copy_records_to_table("audit_log", records=rows, schema_name=schema)
+        if rows:
+            await conn.copy_records_to_table("audit_log", records=rows, schema_name=schema)
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None

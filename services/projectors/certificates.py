@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from services.projectors.app_states import AppStates
+from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 
 _FACTS = msgspec.json.Encoder()
@@ -18,6 +18,7 @@ _FACTS = msgspec.json.Encoder()
 class CertificatesProjection:
     name = "certificates"
     tables = ("apps", "domains", "endpoints")
+    event_types = APP_EVENT_TYPES
 
     def __init__(self) -> None:
         self.states = AppStates()
@@ -38,12 +39,16 @@ class CertificatesProjection:
             " position bigint not null, updated_at timestamptz not null, primary key (app, name))",
         ]
 
-    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
+    ) -> None:
         """Write only the rows an event changed, each stamped with that event's position.
 
         `evolve` keeps unchanged DomainState/EndpointState objects, so identity tells what an
         event changed; the cost is proportional to the change, not to the app's size.
         """
+        if not events:
+            return
         apps: dict[str, tuple[object, ...] | None] = {}
         domains: dict[str, tuple[object, ...] | None] = {}
         endpoints: dict[tuple[str, str], tuple[object, ...] | None] = {}

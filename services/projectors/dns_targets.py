@@ -11,6 +11,7 @@ import asyncpg
 
 from events.app import AppDestroyed
 from events.domain import DomainAdded, DomainRemoved
+from events.union import tag_of
 from services.domain.dns_target import MAX_DRAWS, dns_target
 from services.storage.event_log import StoredEvent
 
@@ -18,6 +19,7 @@ from services.storage.event_log import StoredEvent
 class DnsTargetsProjection:
     name = "dns_targets"
     tables = ("dns_targets",)
+    event_types = frozenset(tag_of(t) for t in (DomainAdded, DomainRemoved, AppDestroyed))
 
     def __init__(self, zone: str) -> None:
         self.zone = zone
@@ -32,7 +34,11 @@ class DnsTargetsProjection:
             f'create index on "{schema}".dns_targets (app)',
         ]
 
-    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
+    ) -> None:
+        if not events:
+            return
         table = f'"{schema}".dns_targets'
         pending: dict[str, tuple[str, str, int]] = {}  # hostname -> (app, target, position)
         freed: set[str] = set()  # targets deleted earlier in this batch

@@ -15,7 +15,10 @@ class Projection(Protocol):
 
     Contract:
     - `ddl(schema)` creates its tables inside `schema` (one schema per generation);
-    - `apply` is called inside a transaction with a dense, ordered batch; it must only write
+    - `event_types` names the event types `apply` is given (None: all of them);
+    - `apply` is called inside a transaction with the events of a dense, ordered batch of
+      positions that ends at `through` (events of other types are left out, so the list
+      may be empty: a projection that tells others its position uses `through`); it must only write
       to its own tables, so that its writes and the checkpoint commit or roll back together.
       It must be deterministic: a rebuild from position 0 gives identical rows. Raising marks
       the batch as failed (the runner isolates the poison event and retries it);
@@ -26,11 +29,12 @@ class Projection(Protocol):
 
     name: str
     tables: Sequence[str]
+    event_types: frozenset[str] | None
 
     def ddl(self, schema: str) -> list[str]: ...
 
     async def apply(
-        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
     ) -> None: ...
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None: ...

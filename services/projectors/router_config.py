@@ -23,8 +23,8 @@ from nats.js.kv import KeyValue
 from events.endpoint import CertAdded, CertUpdated, EndpointType
 from events.router import ConfigCheckpoint, RouterConfigEntry, RouterKeySeal
 from services.domain.app import EndpointState, hosts_changed
-from services.domain.key_envelope import DataKey, MasterKey, seal_for_router
-from services.projectors.app_states import AppStates
+from services.domain.key_envelope import DataKey, MasterKey, RouterSealer
+from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 from services.subjects import CHECKPOINT_KEY, hostname_of_kv_key, kv_key
 
@@ -57,15 +57,18 @@ def _checkpoint(position: int) -> bytes:
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
+    event_types = APP_EVENT_TYPES
 
     def __init__(self, master: MasterKey, router_public: bytes, kv: KeyValue | None) -> None:
         self.master = master
         self.router_public = router_public
+        self.sealer = RouterSealer.for_master(master, router_public)
         self.kv = kv
         self.states = AppStates()
         self._data_keys: dict[str, DataKey | None] = {}
         self._seals: dict[str, tuple[str | None, str]] = {}
-        self._dirty: dict[str, bytes | None] = {}  # hostname -> KV value (None: delete)
+        # hostname -> (row, position) to publish, None to delete; encoded only when published
+        self._dirty: dict[str, tuple[Row, int] | None] = {}
         self._needs_reconcile = False
         self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
 
@@ -133,11 +136,8 @@ class RouterConfigProjection:
                 "the private key was destroyed (crypto-shredded) or is missing",
             )
         else:
-            seal = seal_for_router(
-                data_key.decrypt(e.key),
-                self.router_public,
-                key_id=e.key_id,
-                derivation_secret=data_key.secret,
+            seal = self.sealer.seal(
+                data_key.decrypt(e.key), key_id=e.key_id, derivation_secret=data_key.secret
             )
             result = (_SEAL.encode(seal).decode(), "")
         self._seals[e.key_id] = result
@@ -145,12 +145,16 @@ class RouterConfigProjection:
             self._seals.clear()
         return result
 
-    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
+    ) -> None:
         table = f'"{schema}".router_config'
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
 
-        self._applied_to = events[-1].position
+        self._applied_to = through
+        if not events:
+            return
         await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
@@ -194,8 +198,7 @@ class RouterConfigProjection:
                 *[list(column) for column in zip(*upserts, strict=True)],
             )
         for host in changed:
-            value = rows[host]
-            self._dirty[host] = None if value is None else _entry(host, *value)
+            self._dirty[host] = rows[host]
 
     async def _entries(
         self, conn: asyncpg.Connection, schema: str, hosts: list[str] | None
@@ -222,7 +225,8 @@ class RouterConfigProjection:
             self._dirty.clear()
             await self.reconcile(conn, schema)
             return
-        entries, self._dirty = self._dirty, {}
+        dirty, self._dirty = self._dirty, {}
+        entries = {h: None if v is None else _entry(h, *v) for h, v in dirty.items()}
         hosts = sorted(entries)
         kv = self.kv
         try:

@@ -12,6 +12,9 @@
   backoff schedule, then recorded as a dead letter and the runner stops — visibly, in
   `projector_status` — until an operator skips it (`certplane projections:skip`).
 - Wake-ups: LISTEN certplane_events, with a timed poll as the fallback.
+- Reading: on a second connection, the next batch prefetched while one is applied
+  (services/projectors/reader.py); events of types the projection does not read arrive
+  as bare positions.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import asyncpg
 
 from services.projectors import store
 from services.projectors.projection import Projection
+from services.projectors.reader import BatchReader
 from services.storage.event_log import StoredEvent
 from services.telemetry import projector_metrics
 
 log = logging.getLogger("certplane.projector")
 
 RETRY_SCHEDULE_S = (0.05, 0.25, 1.0)  # then it is a dead letter
+REBUILD_BATCH = 5000  # a rebuild reads ahead of nobody: larger batches, fewer commits
 CHANNEL = "certplane_events"
 
 
@@ -78,6 +83,7 @@ class ProjectorRunner:
         self.state = State.STANDBY
         self.position = 0
         self.applied = 0
+        self._reader: BatchReader  # on the session's second connection
         self._wake = asyncio.Event()
         self._rebuild = asyncio.Event()
         self._metrics = projector_metrics(projection.name)
@@ -116,7 +122,14 @@ class ProjectorRunner:
         settings = {"role": self.role, "application_name": f"certplane-projector-{self.name}"}
         conn = await asyncpg.connect(self.url, server_settings=settings)
         try:
-            await self._lead(conn, stop)
+            reading = {**settings, "application_name": f"certplane-projector-{self.name}-reader"}
+            reader = await asyncpg.connect(self.url, server_settings=reading)
+            try:
+                self._reader = BatchReader(reader, self.batch_size, self.projection.event_types)
+                await self._lead(conn, stop)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.close(), 5)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
@@ -187,33 +200,31 @@ class ProjectorRunner:
 
     async def _step(self, conn: asyncpg.Connection, schema: str, stop: asyncio.Event) -> bool:
         """Apply the next batch; True when there was nothing to read."""
-        rows = await store.read_after(conn, self.position, self.batch_size)
+        rows = await self._reader.after(self.position)
         if not rows:
             return True
-        for offset, row in enumerate(rows):
-            if row["position"] != self.position + 1 + offset:
-                raise GapError(
-                    f"positions are not dense: expected {self.position + 1 + offset}, read "
-                    f"{row['position']}; stopping rather than skipping"
-                )
-        events: list[StoredEvent] = []
+        _check_dense(rows, self.position)
+        events, through = [], rows[-1][0]
         undecodable: tuple[asyncpg.Record, str] | None = None
         for row in rows:
+            if not store.wanted(row):
+                continue
             try:
                 events.append(store.decode(row))
             except Exception as e:  # an event this code cannot read is a poison event
                 undecodable = (row, "".join(traceback.format_exception_only(e)).strip())
+                through = row[0] - 1
                 break
         started = time.perf_counter()
-        if events:
+        if through > self.position:
             try:
-                await self._apply(conn, schema, events)
+                await self._apply(conn, schema, events, through)
             except LostLead:
                 raise
             except Exception:
-                await self._isolate(conn, schema, events, stop)
+                await self._isolate(conn, schema, events, through, stop)
                 return False
-            self._metrics.batch(len(events), time.perf_counter() - started)
+            self._metrics.batch(through - (rows[0][0] - 1), time.perf_counter() - started)
         if undecodable is not None:
             row, error = undecodable
             await self._dead_letter(
@@ -245,20 +256,26 @@ class ProjectorRunner:
         await store.set_status(conn, self.name, self.instance, self.state.value, detail)
         self.projection.reset()
         position, started = 0, time.perf_counter()
+        await self._reader.discard()
+        types = self.projection.event_types
+        reader = BatchReader(self._reader.conn, max(self.batch_size, REBUILD_BATCH), types)
         try:
-            while True:
-                rows = await store.read_after(conn, position, self.batch_size)
-                if not rows:
-                    break
-                events = [store.decode(r) for r in rows]
+            while rows := await reader.after(position):
+                _check_dense(rows, position)
+                events = [store.decode(r) for r in rows if store.wanted(r)]
+                through = rows[-1][0]
                 async with conn.transaction():
-                    await self.projection.apply(conn, target, events)
-                    if not await store.advance(conn, scratch, position, events[-1].position):
+                    # Not waiting for the flush is safe here: a batch lost in a crash is
+                    # lost with its checkpoint, and nobody reads this generation yet.
+                    await conn.execute("set local synchronous_commit = off")
+                    await self.projection.apply(conn, target, events, through)
+                    if not await store.advance(conn, scratch, position, through):
                         raise LostLead("the rebuild checkpoint moved under us")
-                position = events[-1].position
+                position = through
         except LostLead:
             raise
         except Exception as e:
+            await reader.discard()
             log.error(
                 "%s: rebuild failed at position %d (%s); keeping generation %d",
                 self.name, position + 1, e, live,
@@ -295,19 +312,23 @@ class ProjectorRunner:
         return target
 
     async def _apply(
-        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
     ) -> None:
-        new = events[-1].position
         async with conn.transaction():
-            await self.projection.apply(conn, schema, events)
-            if not await store.advance(conn, self.name, self.position, new):
+            await self.projection.apply(conn, schema, events, through)
+            if not await store.advance(conn, self.name, self.position, through):
                 raise LostLead("the checkpoint moved under us: another instance is writing")
-        self.position = new
-        self.applied += len(events)
+        self.applied += through - self.position
+        self.position = through
         await self.projection.after_commit(conn, schema)
 
     async def _isolate(
-        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], stop: asyncio.Event
+        self,
+        conn: asyncpg.Connection,
+        schema: str,
+        events: list[StoredEvent],
+        through: int,
+        stop: asyncio.Event,
     ) -> None:
         """Replay a failed batch one event at a time; a persistent failure is a dead letter."""
         self.projection.reset()  # the failed transaction may have left caches ahead of the table
@@ -321,7 +342,7 @@ class ProjectorRunner:
                     )  # fmt: skip
                     await asyncio.sleep(pause)
                 try:
-                    await self._apply(conn, schema, [event])
+                    await self._apply(conn, schema, [event], event.position)
                     error = ""
                     break
                 except LostLead:
@@ -333,6 +354,8 @@ class ProjectorRunner:
                 kind = type(event.event).__struct_config__.tag  # type: ignore[attr-defined]
                 await self._dead_letter(conn, event.position, kind, error, stop)
                 return
+        if through > self.position:  # positions after the last event this projection reads
+            await self._apply(conn, schema, [], through)
 
     async def _dead_letter(
         self, conn: asyncpg.Connection, position: int, kind: str, error: str, stop: asyncio.Event
@@ -347,7 +370,7 @@ class ProjectorRunner:
         while not stop.is_set():
             if await store.skip_requested(conn, self.name, position):
                 async with conn.transaction():
-                    if not await store.advance(conn, self.name, position - 1, position):
+                    if not await store.advance(conn, self.name, self.position, position):
                         raise LostLead("the checkpoint moved while stopped on a dead letter")
                 self.position = position
                 self.state = State.RUNNING
@@ -357,3 +380,12 @@ class ProjectorRunner:
             await store.set_status(conn, self.name, self.instance, self.state.value, detail)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+
+def _check_dense(rows: list[asyncpg.Record], after: int) -> None:
+    for offset, row in enumerate(rows):
+        if row[0] != after + 1 + offset:
+            raise GapError(
+                f"positions are not dense: expected {after + 1 + offset}, read {row[0]};"
+                " stopping rather than skipping"
+            )

@@ -37,6 +37,7 @@ class RewrittenLog(Exception):
 class SealerProjection:
     name = "sealer"
     tables = ("tree_state",)
+    event_types = None  # reads the raw rows itself, but a poison row must reach `apply` alone
 
     def __init__(
         self,
@@ -84,7 +85,11 @@ class SealerProjection:
             )
         return self._checker
 
-    async def apply(self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]) -> None:
+    async def apply(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
+    ) -> None:
+        if not events:
+            return
         checker = await self._load(conn, schema)
         rows = await conn.fetch(
             f"select {ROW_COLUMNS} from events where position between $1 and $2 order by position",

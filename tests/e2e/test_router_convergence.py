@@ -29,7 +29,7 @@ from events.replies import Accepted
 from events.router import RouterConfigEntry
 from services.cli.client import ControlPlane
 from services.devcerts import DevCA
-from services.domain.key_envelope import public_bytes, seal_for_router
+from services.domain.key_envelope import RouterSealer, public_bytes
 from services.embedded import EmbeddedNats, free_port
 from services.subjects import kv_key
 from tests.conftest import run_cli
@@ -109,8 +109,9 @@ def test_a_nacked_entry_keeps_the_previous_certificate_served(
             await nc.close()
 
     other_router = public_bytes(X25519PrivateKey.generate().public_key())
-    foreign = seal_for_router(b"not this router's", other_router, key_id="k",
-                              derivation_secret=os.urandom(32))  # fmt: skip
+    foreign = RouterSealer(os.urandom(32), other_router).seal(
+        b"not this router's", key_id="k", derivation_secret=os.urandom(32)
+    )
     cases = [
         ({"key": foreign}, "sealed to router key"),
         ({"chain_pem": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"},

@@ -20,6 +20,7 @@ from events.projection import SkipProjection
 from events.replies import Accepted, ProjectionsView, RebuildStarted
 from events.router import ConfigCheckpoint, RouterConfigEntry
 from services.domain.key_envelope import open_router_seal
+from services.projectors.runner import ProjectorRunner
 from services.subjects import CHECKPOINT_KEY, Subjects, kv_key
 from tests.conftest import projected
 from tests.integration.helpers import add_cert, update_cert
@@ -131,6 +132,44 @@ async def test_a_rebuild_from_zero_equals_the_live_projection_and_republishes_no
             )
     assert after == before  # identical rows, DNS targets included
     assert await kv_revisions(settings) == published  # not one republished entry
+
+
+async def test_catching_up_in_small_batches_gives_the_same_rows_and_passes_unread_events(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """Batches of 3 (each read ahead on the runner's second connection), many of them holding
+    only events a projection does not read, give the rows of the live projectors; and the
+    checkpoint reaches the head even when the head is such an event."""
+    from services.projectors.service import build
+
+    await busy_history(cp, ca)
+    head = (await cp.command(CreateApp(app="last"))).position  # AppCreated: no DNS change
+    await projected(cp, head)
+    live = await snapshot(db_url)
+    stop = asyncio.Event()
+    runners = []
+    for name in PROJECTIONS:
+        projection = build(name, settings, None)  # no KV: the live projector publishes
+        projection.name = f"{name}_small"
+        runners.append(ProjectorRunner(projection, db_url, batch_size=3, poll_interval=0.1))
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for _ in range(300):
+            if all(r.position == head for r in runners):
+                break
+            await asyncio.sleep(0.05)
+        assert {r.name: r.position for r in runners} == {f"{n}_small": head for n in PROJECTIONS}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    conn = await asyncpg.connect(db_url)
+    try:
+        for view, rows in live.items():
+            schema, table = view.split(".")
+            small = await conn.fetch(f'select * from "{schema}_small"."{table}"')
+            assert sorted(tuple(str(v) for v in r.values()) for r in small) == rows, view
+    finally:
+        await conn.close()
 
 
 async def test_router_config_follows_add_update_remove_and_seals_keys_for_routers(

@@ -69,17 +69,26 @@ def test_master_key_text_is_validated() -> None:
 def test_router_seals_are_deterministic_and_open_only_with_the_router_key() -> None:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from services.domain.key_envelope import open_router_seal, seal_for_router
+    from services.domain.key_envelope import RouterSealer, open_router_seal
 
     router = X25519PrivateKey.generate()
     public = public_bytes(router.public_key())
+    master = MasterKey.generate()
     data_key = DataKey.generate()
-    a = seal_for_router(SECRET, public, key_id=data_key.key_id, derivation_secret=data_key.secret)
-    b = seal_for_router(SECRET, public, key_id=data_key.key_id, derivation_secret=data_key.secret)
+    sealer = RouterSealer.for_master(master, public)
+    a = sealer.seal(SECRET, key_id=data_key.key_id, derivation_secret=data_key.secret)
+    again = RouterSealer.for_master(master, public)  # e.g. a restarted or rebuilding projector
+    b = again.seal(SECRET, key_id=data_key.key_id, derivation_secret=data_key.secret)
     assert a == b and SECRET not in a.ciphertext  # a rebuild seals to the very same bytes
     assert open_router_seal(a, router) == SECRET
     with pytest.raises(InvalidTag):
         open_router_seal(a, X25519PrivateKey.generate())
+    tampered = msgspec.structs.replace(a, key_id=DataKey.generate().key_id)
+    with pytest.raises(InvalidTag):  # the data key id is bound as associated data
+        open_router_seal(tampered, router)
+    # One AES key serves every seal: the nonce differs with the data key and the plaintext.
     other = DataKey.generate()
-    c = seal_for_router(SECRET, public, key_id=other.key_id, derivation_secret=other.secret)
-    assert c.ephemeral_public != a.ephemeral_public and c.nonce != a.nonce
+    c = sealer.seal(SECRET, key_id=other.key_id, derivation_secret=other.secret)
+    d = sealer.seal(b"another key", key_id=data_key.key_id, derivation_secret=data_key.secret)
+    assert len({a.nonce, c.nonce, d.nonce}) == 3
+    assert open_router_seal(d, router) == b"another key"

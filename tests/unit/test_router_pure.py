@@ -13,7 +13,7 @@ from events.endpoint import EndpointType
 from events.router import Nack, RouterConfigEntry, RouterState, RouterStatus
 from services.devcerts import DevCA
 from services.domain.convergence import is_live, not_applied
-from services.domain.key_envelope import public_bytes, seal_for_router
+from services.domain.key_envelope import RouterSealer, public_bytes
 from services.router.http11 import (
     Framing,
     HttpError,
@@ -166,7 +166,8 @@ def issued():
 def entry_for(leaf, chain: bytes, key_pem: bytes, router_public: bytes) -> RouterConfigEntry:
     from services.router.material import hashes
 
-    seal = seal_for_router(key_pem, router_public, key_id="k1", derivation_secret=os.urandom(32))
+    sealer = RouterSealer(os.urandom(32), router_public)
+    seal = sealer.seal(key_pem, key_id="k1", derivation_secret=os.urandom(32))
     return RouterConfigEntry(
         hostname="www.shop.test", app="shop", endpoint="e", endpoint_type=EndpointType.SNI,
         chain_pem=chain.decode(), fingerprint_sha256=leaf.cert.fingerprint(hashes.SHA256()).hex(),
