@@ -96,8 +96,25 @@ def machine() -> str:
     pg = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.strip()
     return (
         f"{os.cpu_count()} vCPU ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
-        f"Python {platform.python_version()}, {pg or 'PostgreSQL'}"
+        f"Python {platform.python_version()}, {pg or 'PostgreSQL'}, "
+        f"CPython speed {python_speed():.0f} M loop steps/s"
     )
+
+
+def python_speed() -> float:
+    """Millions of `for` loop additions per second: compares machines for absolute figures.
+
+    Machines of the same kind here differ a lot (the raw read-and-decode baseline of
+    bench/projections.py measured 236k events/s on one, 40-57k on another); ratios within
+    one run do not care, figures in events/s do.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return 2.0 / best
 
 
 def summary(values: list[float]) -> str:

@@ -119,7 +119,14 @@ class ProjectorRunner:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        settings = {"role": self.role, "application_name": f"certplane-projector-{self.name}"}
+        settings = {
+            "role": self.role,
+            "application_name": f"certplane-projector-{self.name}",
+            # Read models are derived: a commit lost in a server crash is lost together with
+            # its checkpoint and re-applied identically, so waiting for each flush buys nothing
+            # (other sessions see the commit at once either way).
+            "synchronous_commit": "off",
+        }
         conn = await asyncpg.connect(self.url, server_settings=settings)
         try:
             reading = {**settings, "application_name": f"certplane-projector-{self.name}-reader"}
