@@ -17,6 +17,15 @@ from events.endpoint import EndpointType
 
 
 class RouterKeySeal(msgspec.Struct, frozen=True, kw_only=True):
+    """A certificate's private key (PEM) sealed to the routers' X25519 key.
+
+    To open: shared = X25519(router private key, ephemeral_public); key = HKDF-SHA256(shared,
+    salt = ephemeral_public || router public key, info = "certplane/seal-to-router/v1", 32
+    bytes); PEM = AES-256-GCM(key).decrypt(nonce, ciphertext, associated data = key_id).
+    `ephemeral_public` is the sender's key: the projector uses one for all seals, so routers
+    may cache the derived key per (ephemeral_public, router_key_id).
+    """
+
     router_key_id: str
     key_id: str  # the certificate's data key id; also the associated data of the AEAD
     ephemeral_public: bytes

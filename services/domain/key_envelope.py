@@ -204,10 +204,34 @@ class RouterSealer:
         )
 
 
+class RouterSealOpener:
+    """Router side of `RouterSealer`: opens seals, one X25519 agreement per sender key.
+
+    Projectors seal every key from one sender key, so a router loading ten thousand
+    hostnames derives the AES key once instead of ten thousand times.
+    """
+
+    MAX_SENDERS = 64  # bounded: seals from an older, per-certificate-ephemeral scheme
+
+    def __init__(self, router_private: X25519PrivateKey) -> None:
+        self._private = router_private
+        self._public = public_bytes(router_private.public_key())
+        self._aeads: dict[bytes, AESGCM] = {}
+
+    def open(self, sealed: RouterKeySeal) -> bytes:
+        """The key bytes; raises `InvalidTag` with any other router key or a tampered seal."""
+        aead = self._aeads.get(sealed.ephemeral_public)
+        if aead is None:
+            sender = X25519PublicKey.from_public_bytes(sealed.ephemeral_public)
+            shared = self._private.exchange(sender)
+            salt = sealed.ephemeral_public + self._public
+            aead = AESGCM(HKDF(hashes.SHA256(), 32, salt=salt, info=_ROUTER_INFO).derive(shared))
+            if len(self._aeads) >= self.MAX_SENDERS:
+                self._aeads.clear()
+            self._aeads[sealed.ephemeral_public] = aead
+        return aead.decrypt(sealed.nonce, sealed.ciphertext, sealed.key_id.encode())
+
+
 def open_router_seal(sealed: RouterKeySeal, router_private: X25519PrivateKey) -> bytes:
-    """Router side: recover the key bytes; raises `InvalidTag` with any other key."""
-    router_public = public_bytes(router_private.public_key())
-    shared = router_private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
-    salt = sealed.ephemeral_public + router_public
-    key = HKDF(hashes.SHA256(), 32, salt=salt, info=_ROUTER_INFO).derive(shared)
-    return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, sealed.key_id.encode())
+    """Open one seal (tests, tools); a router keeps a `RouterSealOpener`."""
+    return RouterSealOpener(router_private).open(sealed)

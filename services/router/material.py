@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from events.endpoint import EndpointType
 from events.router import RouterConfigEntry
-from services.domain.key_envelope import open_router_seal, public_bytes, router_key_id
+from services.domain.key_envelope import RouterSealOpener, public_bytes, router_key_id
 
 
 class Unloadable(Exception):
@@ -59,7 +59,7 @@ class MaterialLoader:
     """Opens sealed keys with the router key; one X25519 agreement per certificate."""
 
     def __init__(self, router_key: X25519PrivateKey) -> None:
-        self._key = router_key
+        self._opener = RouterSealOpener(router_key)
         self._key_id = router_key_id(public_bytes(router_key.public_key()))
         self._cache: dict[tuple[str, str], Material] = {}
 
@@ -86,7 +86,7 @@ class MaterialLoader:
                 f"{self._key_id}: give it the operator's current router key"
             )
         try:
-            key_pem = open_router_seal(seal, self._key)
+            key_pem = self._opener.open(seal)
         except (InvalidTag, ValueError) as e:
             raise Unloadable("the sealed key does not open with this router's key") from e
         material = _validated(entry, seal.key_id, key_pem)

@@ -92,3 +92,24 @@ def test_router_seals_are_deterministic_and_open_only_with_the_router_key() -> N
     d = sealer.seal(b"another key", key_id=data_key.key_id, derivation_secret=data_key.secret)
     assert len({a.nonce, c.nonce, d.nonce}) == 3
     assert open_router_seal(d, router) == b"another key"
+
+
+def test_a_router_opens_seals_from_several_projectors_and_refuses_tampered_ones() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from services.domain.key_envelope import RouterSealer, RouterSealOpener
+
+    router = X25519PrivateKey.generate()
+    public = public_bytes(router.public_key())
+    opener = RouterSealOpener(router)
+    for master in (MasterKey.generate(), MasterKey.generate()):  # e.g. after a master rotation
+        data_key = DataKey.generate()
+        seal = RouterSealer.for_master(master, public).seal(
+            SECRET, key_id=data_key.key_id, derivation_secret=data_key.secret
+        )
+        assert opener.open(seal) == SECRET
+        flipped = bytes([seal.ciphertext[0] ^ 1]) + seal.ciphertext[1:]
+        with pytest.raises(InvalidTag):  # the sender's key is cached; the tag still checks
+            opener.open(msgspec.structs.replace(seal, ciphertext=flipped))
+    with pytest.raises(InvalidTag):
+        RouterSealOpener(X25519PrivateKey.generate()).open(seal)
