@@ -7,8 +7,10 @@ Every event still records a W3C traceparent: the caller's, or a fresh unsampled 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator, Mapping
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -62,6 +64,21 @@ def setup_tracing(service: str) -> None:
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("certplane")
+
+
+@contextlib.contextmanager
+def command_span(
+    name: str, headers: Mapping[str, str], attributes: dict[str, str]
+) -> Iterator[str]:
+    """The span of one command; yields the traceparent its events record."""
+    incoming = headers.get("traceparent", "")
+    if not _configured:  # no SDK: OTel's no-op span machinery was ~10 % of a small command
+        yield incoming or new_traceparent()
+        return
+    with tracer().start_as_current_span(
+        name, context=PROPAGATOR.extract(headers), attributes=attributes
+    ):
+        yield current_traceparent(incoming or new_traceparent())
 
 
 _ids = random.Random()  # trace ids must be unique, not secret: no system call per id

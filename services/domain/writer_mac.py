@@ -17,15 +17,13 @@ import uuid
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.domain.ids import uuid_bytes
+
 _INFO = b"certplane/writer-mac/v1"
 
 
 def writer_key(master_secret: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=_INFO).derive(master_secret)
-
-
-def _uuid_bytes(value: str | uuid.UUID) -> bytes:
-    return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(value).bytes
 
 
 def _lp(text: str) -> bytes:
@@ -40,7 +38,7 @@ def writer_mac(
 ) -> str:  # fmt: skip
     """Hex HMAC-SHA256 over everything the writer decides except the metadata it goes into."""
     message = (
-        _INFO + _lp(stream_id) + _uuid_bytes(event_id) + _uuid_bytes(command_id)
+        _INFO + _lp(stream_id) + uuid_bytes(event_id) + uuid_bytes(command_id)
         + command_index.to_bytes(4, "big", signed=True) + _lp(type_)
         + schema_version.to_bytes(4, "big", signed=True) + _lp(data)
     )  # fmt: skip

@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import random
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +36,7 @@ from events.replies import (
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, HostnameState
 from services.domain.errors import Rejected as RejectedError
+from services.domain.ids import canonical_uuid, random_uuid
 from services.domain.projection_ops import DeadLetter, decide_skip
 from services.domain.streams import (
     APP,
@@ -72,12 +72,10 @@ _SHREDDING = (AppDestroyed, CertUpdated, CertRemoved, EndpointDestroyed)
 def _event_id() -> str:
     """A random (version 4) UUID without a system call per id: event ids must be unique,
     not secret, and os.urandom per event showed up in profiles."""
-    return str(uuid.UUID(int=_random.getrandbits(128) & _V4_MASK | _V4_BITS))
+    return random_uuid(_random)
 
 
 _random = random.Random()  # seeded from os.urandom
-_V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1
-_V4_BITS = 0x4000 << 64 | 0x8000 << 48
 
 
 def utcnow() -> dt.datetime:
@@ -395,7 +393,7 @@ class CommandHandler:
     @staticmethod
     def _require_uuid(command_id: str) -> str:
         try:
-            return str(uuid.UUID(command_id))
+            return canonical_uuid(command_id)
         except ValueError as e:
             raise RejectedError(
                 "bad_command",

@@ -25,7 +25,7 @@ from services.gateway.queries import ReadModels
 from services.storage.database import service_pool
 from services.storage.event_log import PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
-from services.telemetry import PROPAGATOR, current_traceparent, new_traceparent, tracer
+from services.telemetry import command_span
 
 log = logging.getLogger("certplane.gateway")
 _PARAMS = msgspec.json.Decoder(QueryParams)
@@ -119,13 +119,8 @@ class Gateway:
             )
             return
         tag = tag_of(type(envelope.command))
-        incoming = headers.get("traceparent", "")
-        with tracer().start_as_current_span(
-            tag,
-            context=PROPAGATOR.extract(headers),
-            attributes={"certplane.app": app, "certplane.command_id": envelope.id},
-        ):
-            traceparent = current_traceparent(incoming or new_traceparent())
+        attributes = {"certplane.app": app, "certplane.command_id": envelope.id}
+        with command_span(tag, headers, attributes) as traceparent:
             try:
                 reply = await self.handler.handle(envelope, traceparent)
             except RejectedError as e:

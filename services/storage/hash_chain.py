@@ -14,6 +14,8 @@ import datetime as dt
 import hashlib
 import uuid
 
+from services.domain.ids import uuid_bytes
+
 GENESIS = bytes(32)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DOMAIN = b"certplane-event-v1"
@@ -22,11 +24,6 @@ _DOMAIN = b"certplane-event-v1"
 def _lp(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(4, "big") + raw
-
-
-def uuid_bytes(value: str | uuid.UUID) -> bytes:
-    """16 bytes of a UUID given as text or as a UUID (asyncpg's are parsed already: cheaper)."""
-    return value.bytes if isinstance(value, uuid.UUID) else uuid.UUID(value).bytes
 
 
 def content_hash(
