@@ -78,6 +78,10 @@ class RouterConfigProjection:
         self._data_keys.clear()  # a key shredded since must not be served from memory
         self._seals.clear()
 
+    def forget_publications(self) -> None:
+        """During a rebuild: nothing is published until the swap (then `reconcile` is)."""
+        self._dirty.clear()
+
     def ddl(self, schema: str) -> list[str]:
         return [
             f'create table "{schema}".router_config (hostname text primary key, app text not null,'

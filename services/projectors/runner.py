@@ -266,6 +266,9 @@ class ProjectorRunner:
         await self._reader.discard()
         types = self.projection.event_types
         reader = BatchReader(self._reader.conn, max(self.batch_size, REBUILD_BATCH), types)
+        # What a batch would publish is dropped: reconcile sends the differences after the swap,
+        # and keeping it would grow with every hostname of the log.
+        forget = getattr(self.projection, "forget_publications", None)
         try:
             while rows := await reader.after(position):
                 _check_dense(rows, position)
@@ -279,6 +282,8 @@ class ProjectorRunner:
                     if not await store.advance(conn, scratch, position, through):
                         raise LostLead("the rebuild checkpoint moved under us")
                 position = through
+                if forget is not None:
+                    forget()
         except LostLead:
             raise
         except Exception as e:

@@ -67,6 +67,30 @@ async def test_a_command_id_appends_once(log) -> None:
     assert len(await log.read_all()) == 1
 
 
+async def test_a_repeated_command_in_a_batch_is_a_duplicate_and_the_others_append(log) -> None:
+    """The append assumes no repeats and lets the unique index prove it; a repeat (from an
+    earlier batch or earlier in the same one) must still answer `duplicate` for itself only."""
+    old = str(uuid.uuid4())
+    [first] = await log.append_batch([request("app-one", 0, command_id=old)])
+    again = str(uuid.uuid4())
+    results = await log.append_batch(
+        [
+            request("app-a", 0, command_id=again),
+            request("app-two", 0, command_id=old),  # appended by the batch before
+            request("app-b", 0, n=2),
+            request("app-c", 0, command_id=again),  # earlier in this batch
+        ]
+    )
+    assert [r.status for r in results] == [
+        AppendStatus.OK,
+        AppendStatus.DUPLICATE,
+        AppendStatus.OK,
+        AppendStatus.DUPLICATE,
+    ]
+    assert first.positions == [1] and results[0].positions == [2] and results[2].positions == [3, 4]
+    assert [e.stream_id for e in await log.read_all()] == ["app-one", "app-a", "app-b", "app-b"]
+
+
 async def test_sixteen_concurrent_writers_get_one_winner_per_version_and_no_gaps(
     log, db_url
 ) -> None:
