@@ -42,14 +42,22 @@ def target_key(seed: str, attempt: int) -> TargetKey:
     return (adjective * len(NOUNS) + noun) * _SPACE + number
 
 
+# Base-36 digits two at a time, least significant first (as the name has always been spelled):
+# a replay renders a target per domain, and digit-by-digit on a big int was 15 % of it.
+_PAIRS = tuple(_ALPHABET[i % 36] + _ALPHABET[i // 36] for i in range(36 * 36))
+_HALF = 36**12  # below 2**63: the halves divide as small ints
+
+
 def render(key: TargetKey, zone: str) -> str:
     rest, number = divmod(key, _SPACE)
     adjective, noun = divmod(rest, len(NOUNS))
-    random_part = ""
-    for _ in range(24):
-        number, index = divmod(number, 36)
-        random_part += _ALPHABET[index]
-    return f"{ADJECTIVES[adjective]}-{NOUNS[noun]}-{random_part}.{zone}"
+    high, low = divmod(number, _HALF)
+    digits = []
+    for half in (low, high):
+        for _ in range(6):
+            half, pair = divmod(half, 1296)
+            digits.append(_PAIRS[pair])
+    return f"{ADJECTIVES[adjective]}-{NOUNS[noun]}-{''.join(digits)}.{zone}"
 
 
 def dns_target(seed: str, attempt: int, zone: str) -> str:
