@@ -79,6 +79,17 @@ async def _prefer_lz4(conn: asyncpg.Connection, name: str) -> None:
             await conn.execute(f'alter database "{name}" set default_toast_compression = lz4')
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's session reset.
+
+    The reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a round trip on every
+    release, so on every append. Nothing on a service pool changes session state: no SET
+    outside a transaction, no LISTEN, no session advisory lock, no cursor outside a
+    transaction (projectors, which LISTEN and lock, have connections of their own). An open
+    transaction is still rolled back: asyncpg does that before calling this.
+    """
+
+
 async def service_pool(
     url: str, role: str, *, min_size: int = 2, max_size: int = 8
 ) -> asyncpg.Pool:
@@ -86,7 +97,12 @@ async def service_pool(
     settings = {"role": role} if role else {}
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, server_settings=settings, timeout=10
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings=settings,
+            timeout=10,
+            reset=_keep_session,
         )
     except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
         raise Unavailable(
