@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+
+import msgspec
+from msgspec.structs import replace
 
 from events.app import AppCreated, AppDestroyed, CreateApp, DestroyApp
 from events.base import Event
@@ -45,15 +48,15 @@ from services.domain.naming import endpoint_name, validate_app_name
 from services.domain.streams import app_stream, hostname_stream
 
 
-@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
-class DomainState:
+# The fold's states are frozen Structs, not dataclasses: a frozen dataclass sets each field
+# through object.__setattr__ (~1 µs a state here, 10x a Struct), and every event builds one.
+class DomainState(msgspec.Struct, frozen=True, gc=False):
     hostname: str
     endpoint: str | None = None
     dns_verified: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
-class EndpointState:
+class EndpointState(msgspec.Struct, frozen=True, gc=False):
     name: str
     endpoint_type: EndpointType
     certificate: CertificateFacts
@@ -62,12 +65,11 @@ class EndpointState:
     key: EncryptedKey | None = None
 
 
-@dataclass(frozen=True, slots=True)  # slots: a replay holds many of these
-class AppState:
+class AppState(msgspec.Struct, frozen=True):
     name: str
     exists: bool = False
-    domains: Mapping[str, DomainState] = field(default_factory=dict)
-    endpoints: Mapping[str, EndpointState] = field(default_factory=dict)
+    domains: Mapping[str, DomainState] = msgspec.field(default_factory=dict)
+    endpoints: Mapping[str, EndpointState] = msgspec.field(default_factory=dict)
 
     def served_by(self, endpoint: str) -> list[str]:
         return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
@@ -100,8 +102,7 @@ class AppState:
         return served
 
 
-@dataclass(frozen=True)
-class HostnameState:
+class HostnameState(msgspec.Struct, frozen=True, gc=False):
     hostname: str
     claimed_by: str | None = None
 
