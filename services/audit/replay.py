@@ -399,7 +399,7 @@ def app_summary(
         "domains": {
             host: {
                 "dns_target": target_of(host),
-                "endpoint": (app.endpoint_for(host).name if app.endpoint_for(host) else None),  # type: ignore[union-attr]
+                "endpoint": e.name if (e := app.endpoint_for(host)) else None,
                 "dns_verified": d.dns_verified,
             }
             for host, d in sorted(app.domains.items())
