@@ -25,7 +25,14 @@ from events.endpoint import CertAdded, CertUpdated
 from events.union import tag_of
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, EndpointState
-from services.domain.dns_target import MAX_DRAWS, TargetKey, render, target_key
+from services.domain.dns_target import (
+    MAX_DRAWS,
+    TargetKey,
+    first_draw_digest_sql,
+    key_of_digest,
+    render,
+    target_key,
+)
 from services.domain.domain_name import sni_candidates as candidates
 from services.domain.streams import APP, app_stream, hostname_stream
 from services.storage.event_log import STORED_COLUMNS, StoredEvent, stored_event
@@ -283,8 +290,9 @@ class FirstDraws:
     def __init__(self) -> None:
         self.drawn = array.array("Q")
 
-    def key(self, event_id: str) -> TargetKey:
-        key = target_key(event_id, 0)
+    def key(self, digest: bytes) -> TargetKey:
+        """The first draw's key, from its digest (`first_draw_digest_sql`)."""
+        key = key_of_digest(digest)
         self.drawn.append(key & 0xFFFFFFFFFFFFFFFF)
         return key
 
@@ -311,8 +319,8 @@ async def apps_at(
     while this one is folded; give a `moment` with a position so both see the same events."""
     values: list[object] = [app_stream(app) if app else f"{APP}-%"]
     query = (
-        "select stream_id, type, schema_version, data::text,"
-        " case when type = 'domain.added' then event_id::text end from events where "
+        "select stream_id, type, schema_version, data::text, case when type = 'domain.added'"
+        f" then {first_draw_digest_sql('event_id::text')} end from events where "
     ) + (
         "stream_id = $1" if app else "stream_id like $1"
     )  # only what a fold reads: every column less is less to send and parse
@@ -325,7 +333,7 @@ async def apps_at(
     evolve = app_aggregate.evolve
     conns = [conn] if spare is None or app else [conn, spare]
     async for records in _chunked(conns, query, values, chunks if len(conns) > 1 else 1):
-        for stream_id, type_, version, data, added_id in records:
+        for stream_id, type_, version, data, first_draw in records:
             if stream_id != stream:
                 if current is not None and current.exists:
                     yield current, keys
@@ -333,8 +341,8 @@ async def apps_at(
                 current = AppState(name=stream_id[len(_APP_PREFIX) :])
                 keys = {}
             event = decode_event(type_, version, data)
-            if added_id is not None:
-                keys[event.hostname] = draws.key(added_id)  # type: ignore[union-attr]
+            if first_draw is not None:
+                keys[event.hostname] = draws.key(first_draw)  # type: ignore[union-attr]
             elif type(event) is DomainRemoved:
                 keys.pop(event.hostname, None)
             current = evolve(current, event)  # type: ignore[arg-type, arg-type]
