@@ -13,7 +13,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
+EMPTY_ROOT = _sha256(b"").digest()
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -39,12 +40,12 @@ class Frontier:
 
     def append(self, leaf: bytes) -> None:
         """Add a leaf hash (already H(0x00 ‖ data))."""
-        self.hashes.append(leaf)
+        hashes = self.hashes
+        hashes.append(leaf)
         size = self.size
-        while size & 1:  # two subtrees of equal size merge into one
-            right = self.hashes.pop()
-            left = self.hashes.pop()
-            self.hashes.append(node_hash(left, right))
+        while size & 1:  # two subtrees of equal size merge into one: node_hash, inlined
+            right = hashes.pop()
+            hashes[-1] = _sha256(b"\x01" + hashes[-1] + right).digest()
             size >>= 1
         self.size += 1
 
