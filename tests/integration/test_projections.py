@@ -172,6 +172,105 @@ async def test_catching_up_in_small_batches_gives_the_same_rows_and_passes_unrea
         await conn.close()
 
 
+class FailsOnce:
+    """A projection that raises while applying the batch holding `fail_at` (then forgets it)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.fail_at = inner, None
+
+    def __getattr__(self, attribute: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, attribute)
+
+    async def apply(self, conn, schema, events, through) -> None:  # type: ignore[no-untyped-def]
+        if self.fail_at is not None and any(e.position == self.fail_at for e in events):
+            self.fail_at = None
+            raise RuntimeError("a bug in this projection")
+        await self.inner.apply(conn, schema, events, through)
+
+
+async def test_a_rebuild_in_many_batches_equals_the_live_rows_and_a_failed_one_keeps_serving(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """Rebuilds in batches of 4 (each batch decoded while the one before is written) give
+    the live projectors' rows; one that fails half-way leaves the live generation serving
+    untouched, drops its scratch tables and says where it failed."""
+    from services.projectors.service import build
+
+    head = await busy_history(cp, ca)
+    await projected(cp, head)
+    live = await snapshot(db_url)
+    stop = asyncio.Event()
+    runners: list[ProjectorRunner] = []
+    for name in PROJECTIONS:
+        projection = build(name, settings, None)
+        projection.name = f"{name}_rb"
+        runners.append(ProjectorRunner(FailsOnce(projection), db_url, batch_size=4,
+                                       rebuild_batch=4, poll_interval=0.1))  # fmt: skip
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    conn = await asyncpg.connect(db_url)
+
+    async def rows_of(name: str) -> dict[str, list[tuple[str, ...]]]:
+        out = {}
+        for view in (v for v in live if v.startswith(f"{name}.")):
+            table = view.split(".")[1]
+            got = await conn.fetch(f'select * from "{name}_rb"."{table}"')
+            out[view] = sorted(tuple(str(v) for v in r.values()) for r in got)
+        return out
+
+    async def until(check) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(400):
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("timed out")
+
+    async def generation(name: str) -> int:
+        return await conn.fetchval(
+            "select generation from projector_checkpoints where name = $1", f"{name}_rb"
+        )
+
+    try:
+        await until(lambda: _true(all(r.position == head for r in runners)))
+        for runner in runners:
+            runner.projection.fail_at = head // 2  # type: ignore[attr-defined]
+            assert runner.request_rebuild()
+
+        async def failed() -> bool:
+            details = await conn.fetch(
+                "select detail from projector_status where name like '%_rb'"
+                " and detail like 'rebuild failed%'"
+            )
+            return len(details) == len(PROJECTIONS)
+
+        await until(failed)
+        for runner in runners:
+            name = runner.name.removesuffix("_rb")
+            assert await generation(name) == 1
+            assert await rows_of(name) == {v: r for v, r in live.items() if v.startswith(name)}
+            assert not await conn.fetchval(
+                "select count(*) from information_schema.schemata where schema_name = $1",
+                f"{name}_rb_g2",
+            )
+            assert runner.request_rebuild()  # and now it goes through, in batches of 4
+        for runner in runners:
+            name = runner.name.removesuffix("_rb")
+            await until(lambda n=name: _equal(generation(n), 2))
+            await until(lambda r=runner: _true(r.position == head))
+            assert await rows_of(name) == {v: r for v, r in live.items() if v.startswith(name)}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await conn.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _equal(awaitable, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await awaitable == expected
+
+
 async def test_router_config_follows_add_update_remove_and_seals_keys_for_routers(
     cp, projectors, ca, settings, router_key
 ) -> None:
