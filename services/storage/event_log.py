@@ -67,8 +67,10 @@ class AppendResult(msgspec.Struct, frozen=True):
 _RESULTS = msgspec.json.Decoder(list[AppendResult])
 
 
-@dataclass(frozen=True)
-class StoredEvent:
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """An event as read from the log. A Struct: every reader builds one per row, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) cost ~1.5 µs of it."""
+
     position: int
     stream_id: str
     version: int
