@@ -5,8 +5,12 @@
 - full replay (`audit:replay`'s fold of every app with the aggregate's evolve, DNS targets
   re-derived) in events/s, and its ratio to the baseline;
 - full `audit:verify` (content hash and chain recomputed per row, the RFC 9162 tree grown,
-  every signed head checked) in events/s, and its ratio to the baseline;
-- peak resident memory of each, each measured in its own process.
+  every signed head checked) in events/s, and its ratio to the baseline; as the command
+  does it, chunks of 65,536 events are checked by a worker process per core;
+- full replay as `audit:replay` does it (two connections: the next partition of apps is
+  read while this one is folded);
+- peak resident memory of each, each measured in its own process (verify: the coordinator
+  and, beside it, the largest worker's peak, times the number of workers).
 
 The log (default 1,000,000 events) is written with COPY like bench/projections.py; the
 sealer then signs a head every 1,000 events (its catch-up rate is reported too).
@@ -20,6 +24,8 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -43,6 +49,8 @@ from services.projectors.sealer import SealerProjection
 from services.runner import tune_gc
 from services.storage.event_log import STORED_COLUMNS, stored_event
 from services.storage.row_stream import prefetched_batches
+
+WORKERS = os.cpu_count() or 1  # what `audit:verify` uses
 
 
 def peak_mb() -> float:
@@ -84,14 +92,19 @@ async def phase(name: str, url: str, public_key: str) -> dict[str, float]:
                 await spare.close()
             count = snap.position
         else:
-            outcome = await verify_database(conn, trusted_key=bytes.fromhex(public_key))
+            # as `audit:verify` does it: chunks checked by a worker process per core
+            outcome = await verify_database(
+                conn, trusted_key=bytes.fromhex(public_key), url=url, workers=WORKERS
+            )
             # everything checked; a tail under 1,000 events past the last head is expected here
             assert outcome.problem is None and len(outcome.heads) >= 1, outcome.problem
             count = outcome.events
     finally:
         await conn.close()
     seconds = time.perf_counter() - started
-    return {"events": count, "seconds": seconds, "rate": count / seconds, "peak_mb": peak_mb()}
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest one
+    return {"events": count, "seconds": seconds, "rate": count / seconds, "peak_mb": peak_mb(),
+            "worker_mb": workers, "workers": WORKERS if name == "verify" else 0}  # fmt: skip
 
 
 def run_phase(name: str, url: str, public_key: str) -> dict[str, float]:
@@ -147,8 +160,11 @@ async def main() -> None:
         for name, target in targets.items():
             r = runs[name][i]
             label = "raw: cursor read + msgspec decode" if name == "raw" else name
+            memory = f"{r['peak_mb']:.0f} MB"
+            if r.get("workers"):  # all of them at once: this process and each worker's peak
+                memory += f" + {r['workers']:.0f} × {r['worker_mb']:.0f} MB"
             print(f"| {label} | {i + 1} | {r['rate']:,.0f} | {r['rate'] / raw:.2f} | "
-                  f"{r['peak_mb']:.0f} MB | {target} |")  # fmt: skip
+                  f"{memory} | {target} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -177,7 +177,9 @@ async def audit_verify(args: argparse.Namespace) -> None:
     macs = _writer_key(settings)
     conn = await connect(settings)
     try:
-        outcome = await verify_database(conn, extra, trusted, _progress, macs)
+        outcome = await verify_database(
+            conn, extra, trusted, _progress, macs, url=settings.database_url
+        )  # a long log is checked in chunks by a worker process per core
     finally:
         await conn.close()
     _report(outcome, trusted, args)

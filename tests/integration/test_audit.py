@@ -91,21 +91,32 @@ async def rehash_from(conn: asyncpg.Connection, position: int) -> None:
     await conn.execute("update log_head set position = $1, hash = $2", rows[-1][0], prev)
 
 
-async def verify(db_url: str, settings, *, macs: bool = False):
+@pytest.fixture(params=["one pass", "in chunks"])
+def chunked(request) -> bool:  # type: ignore[no-untyped-def]
+    """Each verification both ways: one pass, and chunks of 4 checked by worker processes
+    (what `audit:verify` does on a long log) — they must name the same problem."""
+    return request.param == "in chunks"
+
+
+async def verify(db_url: str, settings, *, macs: bool = False, chunked: bool = False):
     conn = await asyncpg.connect(db_url)
     try:
         trusted = load_signing_key(settings).public_key().public_bytes_raw()
         key = writer_key(load_master_key(settings).secret) if macs else None
+        if chunked:
+            return await verify_database(
+                conn, trusted_key=trusted, writer_key=key, url=db_url, chunk=4, workers=2
+            )
         return await verify_database(conn, trusted_key=trusted, writer_key=key)
     finally:
         await conn.close()
 
 
 async def test_an_honest_log_verifies_against_its_signed_checkpoints(
-    cp, projectors, ca, db_url, settings
+    cp, projectors, ca, db_url, settings, chunked
 ) -> None:
     head = await sealed_history(cp, ca, db_url)
-    outcome = await verify(db_url, settings, macs=True)
+    outcome = await verify(db_url, settings, macs=True, chunked=chunked)
     assert outcome.ok, outcome.problem
     assert outcome.events == head and outcome.heads[-1].size == head
     assert len(outcome.heads) >= head // settings.audit_seal_every  # every N events, at least
@@ -140,19 +151,19 @@ async def swap_two(conn: asyncpg.Connection) -> int:
     ],
 )
 async def test_tampering_in_place_is_named_by_position(
-    cp, projectors, ca, db_url, settings, tamper, says
+    cp, projectors, ca, db_url, settings, tamper, says, chunked
 ) -> None:
     await sealed_history(cp, ca, db_url)
     async with Superuser(db_url) as conn:
         position = await tamper(conn)
-    outcome = await verify(db_url, settings)
+    outcome = await verify(db_url, settings, chunked=chunked)
     assert outcome.problem is not None and not outcome.ok
     assert outcome.problem.position == position, outcome.problem
     assert says in outcome.problem.reason
 
 
 async def test_a_rewrite_with_a_recomputed_chain_contradicts_the_signed_tree(
-    cp, projectors, ca, db_url, settings
+    cp, projectors, ca, db_url, settings, chunked
 ) -> None:
     head = await sealed_history(cp, ca, db_url)
     async with Superuser(db_url) as conn:
@@ -161,7 +172,7 @@ async def test_a_rewrite_with_a_recomputed_chain_contradicts_the_signed_tree(
             " 'someone-else')::json where position = 12"
         )
         await rehash_from(conn, 12)
-    outcome = await verify(db_url, settings)
+    outcome = await verify(db_url, settings, chunked=chunked)
     assert outcome.problem is not None
     assert "rewritten" in outcome.problem.reason
     first_head_after = min(h for h in range(12, head + 1) if h % settings.audit_seal_every == 0)
@@ -170,13 +181,13 @@ async def test_a_rewrite_with_a_recomputed_chain_contradicts_the_signed_tree(
     async with Superuser(db_url) as conn:
         await flip_one_byte(conn)
         await rehash_from(conn, 5)
-    outcome = await verify(db_url, settings, macs=True)
+    outcome = await verify(db_url, settings, macs=True, chunked=chunked)
     assert outcome.problem is not None and outcome.problem.position == 5
     assert "not written by a gateway" in outcome.problem.reason
 
 
 async def test_a_forged_append_with_a_recomputed_chain_is_never_signed(
-    cp, projectors, ca, db_url, settings
+    cp, projectors, ca, db_url, settings, chunked
 ) -> None:
     head = await sealed_history(cp, ca, db_url)
     async with Superuser(db_url) as conn:
@@ -209,14 +220,14 @@ async def test_a_forged_append_with_a_recomputed_chain_is_never_signed(
     assert await conn.fetchval("select max(size) from audit_tree_heads") == head  # not signed
     await conn.close()
     assert "not written by a gateway" in letter
-    outcome = await verify(db_url, settings)
+    outcome = await verify(db_url, settings, chunked=chunked)
     assert outcome.problem is None and outcome.unsealed == (head + 1, head + 1)
-    outcome = await verify(db_url, settings, macs=True)
+    outcome = await verify(db_url, settings, macs=True, chunked=chunked)
     assert outcome.problem is not None and outcome.problem.position == head + 1
 
 
 async def test_a_checkpoint_signed_with_another_key_is_refused(
-    cp, projectors, ca, db_url, settings
+    cp, projectors, ca, db_url, settings, chunked
 ) -> None:
     head = await sealed_history(cp, ca, db_url)
     conn = await asyncpg.connect(db_url)
@@ -229,7 +240,7 @@ async def test_a_checkpoint_signed_with_another_key_is_refused(
         base64.b64decode(forged.public_key), base64.b64decode(forged.signature),
     )  # fmt: skip
     await conn.close()
-    outcome = await verify(db_url, settings)
+    outcome = await verify(db_url, settings, chunked=chunked)
     assert outcome.problem is not None and "not by the trusted key" in outcome.problem.reason
     conn = await asyncpg.connect(db_url)
     try:  # unpinned, two keys are one too many
