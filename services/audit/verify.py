@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import logging
 import multiprocessing
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from services.storage.row_stream import prefetched_batches
 
 HEAD_DECODER = msgspec.json.Decoder(TreeHead)
 HEADS_DECODER = msgspec.json.Decoder(list[TreeHead])
+log = logging.getLogger("certplane.audit.verify")
 # Leaves per chunk of a parallel verify: a power of two, so chunk roots are perfect subtrees.
 CHUNK = 1 << 16
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]+$")
@@ -222,10 +225,16 @@ async def verify_database(
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             last = await conn.fetchval("select max(position) from events") or 0
+            checked = False
             if url is not None and last >= 2 * chunk:
                 snapshot = await conn.fetchval("select pg_export_snapshot()")
-                await _verify_in_chunks(verifier, url, snapshot, last, chunk, workers, progress)
-            else:
+                try:
+                    await _verify_in_chunks(verifier, url, snapshot, last, chunk, workers, progress)
+                    checked = True
+                except (BrokenProcessPool, OSError) as e:  # no workers here: one pass, then
+                    log.warning("verifying in one pass: worker processes failed (%s)", e)
+                    verifier = LogVerifier(heads, trusted_key, writer_key)
+            if not checked:
                 async for rows in db_row_batches(conn):
                     for row in rows:
                         verifier.feed(row)

@@ -122,6 +122,25 @@ async def test_an_honest_log_verifies_against_its_signed_checkpoints(
     assert len(outcome.heads) >= head // settings.audit_seal_every  # every N events, at least
 
 
+async def test_without_worker_processes_verify_falls_back_to_one_pass(
+    cp, projectors, ca, db_url, settings, monkeypatch
+) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    import services.audit.verify as verify_module
+
+    async def no_workers(*_: object) -> None:
+        raise BrokenProcessPool("a worker died at start")
+
+    head = await sealed_history(cp, ca, db_url)
+    async with Superuser(db_url) as conn:
+        position = await flip_one_byte(conn)
+    monkeypatch.setattr(verify_module, "_verify_in_chunks", no_workers)
+    outcome = await verify(db_url, settings, chunked=True)
+    assert outcome.problem is not None and outcome.problem.position == position
+    assert outcome.events == position - 1 < head  # checked from the start, in one pass
+
+
 async def flip_one_byte(conn: asyncpg.Connection) -> int:
     data = await conn.fetchval("select data::text from events where position = 5")
     i = next(j for j in range(data.index('":'), len(data)) if data[j].isalpha())
