@@ -473,13 +473,20 @@ def _add_cert(
     return Decision(events, warnings)
 
 
-def hosts_changed(before: AppState, after: AppState) -> set[str]:
+def hosts_changed(before: AppState, after: AppState, event: object = None) -> set[str]:
     """Hostnames whose serving endpoint (or its certificate) may differ between two states.
 
     Cheap: `evolve` keeps unchanged DomainState and EndpointState objects, so identity says
     what changed; a changed endpoint affects the hosts it serves, and a changed legacy
-    endpoint the hosts no SNI endpoint claims.
+    endpoint the hosts no SNI endpoint claims. Given the `event` between the two states, a
+    domain event that left the endpoints alone changed its own hostname only: O(1) instead
+    of a pass over the app's domains (apps with thousands of them exist).
     """
+    if (
+        isinstance(event, DomainAdded | DomainRemoved | DnsVerified)
+        and before.endpoints is after.endpoints
+    ):
+        return {event.hostname}
     hosts = {
         h
         for h in before.domains.keys() | after.domains.keys()

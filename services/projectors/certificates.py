@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
+from services.domain.app import hosts_changed
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 
@@ -63,7 +64,7 @@ class CertificatesProjection:
                 continue
             apps[app] = (app, len(after.domains), len(after.endpoints), position, at)
             reassigned: set[str] = set()
-            for host in before.domains.keys() | after.domains.keys():
+            for host in hosts_changed(before, after, event.event):  # a superset; O(1) mostly
                 old, new = before.domains.get(host), after.domains.get(host)
                 if old is new:
                     continue

@@ -163,7 +163,7 @@ class RouterConfigProjection:
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
         for app, before, after, event in await self.states.transitions(conn, events):
-            for host in hosts_changed(before, after):
+            for host in hosts_changed(before, after, event.event):
                 steps.append((app, host, after.endpoint_for(host), event.position))
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
         hosts = sorted({host for _, host, _, _ in steps})
