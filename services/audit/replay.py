@@ -19,7 +19,7 @@ import asyncpg
 
 from events.app import AppDestroyed
 from events.base import Metadata
-from events.codec import decode_event
+from events.codec import CURRENT_SCHEMA_VERSION, EVENT_DECODER, decode_event
 from events.domain import DomainAdded, DomainRemoved
 from events.endpoint import CertAdded, CertUpdated
 from events.union import tag_of
@@ -330,7 +330,8 @@ async def apps_at(
     draws = draws or FirstDraws()
     stream: str | None = None
     done = 0
-    evolve = app_aggregate.evolve
+    evolve, draw = app_aggregate.evolve, draws.key
+    decode, versions = EVENT_DECODER.decode, CURRENT_SCHEMA_VERSION
     conns = [conn] if spare is None or app else [conn, spare]
     async for records in _chunked(conns, query, values, chunks if len(conns) > 1 else 1):
         for stream_id, type_, version, data, first_draw in records:
@@ -340,9 +341,13 @@ async def apps_at(
                 stream = stream_id
                 current = AppState(name=stream_id[len(_APP_PREFIX) :])
                 keys = {}
-            event = decode_event(type_, version, data)
+            event = (  # `decode_event`, its common case inlined: this loop runs per event
+                decode(data)
+                if versions.get(type_) == version
+                else decode_event(type_, version, data)
+            )
             if first_draw is not None:
-                keys[event.hostname] = draws.key(first_draw)  # type: ignore[union-attr]
+                keys[event.hostname] = draw(first_draw)  # type: ignore[union-attr]
             elif type(event) is DomainRemoved:
                 keys.pop(event.hostname, None)
             current = evolve(current, event)  # type: ignore[arg-type, arg-type]
@@ -383,7 +388,10 @@ async def _chunked(
 # -- what a reader sees --------------------------------------------------------------------
 
 
-def endpoint_summary(e: EndpointState, app: AppState) -> dict[str, object]:
+def endpoint_summary(
+    e: EndpointState, app: AppState, served: list[str] | None = None
+) -> dict[str, object]:
+    """`served`: the hostnames naming this endpoint, sorted, if the caller has them."""
     c = e.certificate
     return {
         "name": e.name,
@@ -394,7 +402,7 @@ def endpoint_summary(e: EndpointState, app: AppState) -> dict[str, object]:
         "sans": list(c.sans),
         "not_before": c.not_before,
         "not_after": c.not_after,
-        "domains": app.served_by(e.name),
+        "domains": app.served_by(e.name) if served is None else served,
     }
 
 
@@ -402,17 +410,28 @@ def app_summary(
     app: AppState, targets: DnsTargets | Callable[[str], str | None]
 ) -> dict[str, object]:
     target_of = targets.of if isinstance(targets, DnsTargets) else targets
+    # one pass over the domains (a replay summarises every app): what `endpoint_for` and
+    # `served_by` would give, without a look-up per domain and a sort per endpoint
+    endpoints, legacy = app.endpoints, app.legacy()
+    domains: dict[str, object] = {}
+    served: dict[str, list[str]] = {}
+    for host, d in sorted(app.domains.items()):
+        name = d.endpoint
+        e = endpoints.get(name) if name else legacy
+        domains[host] = {
+            "dns_target": target_of(host),
+            "endpoint": e.name if e else None,
+            "dns_verified": d.dns_verified,
+        }
+        if name:
+            served.setdefault(name, []).append(host)
     return {
         "app": app.name,
-        "domains": {
-            host: {
-                "dns_target": target_of(host),
-                "endpoint": e.name if (e := app.endpoint_for(host)) else None,
-                "dns_verified": d.dns_verified,
-            }
-            for host, d in sorted(app.domains.items())
+        "domains": domains,
+        "endpoints": {
+            name: endpoint_summary(e, app, served.get(name, []))
+            for name, e in sorted(endpoints.items())
         },
-        "endpoints": {name: endpoint_summary(e, app) for name, e in sorted(app.endpoints.items())},
     }
 
 

@@ -32,6 +32,7 @@ from events.endpoint import (
     SealedKey,
     UpdateCert,
 )
+from services.audit.replay import app_summary
 from services.domain.app import (
     AppState,
     HostnameState,
@@ -313,5 +314,12 @@ def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
             assert differ <= hosts_changed(step, after, event) <= hosts_changed(step, after)
             step = after
         assert step == state
+        # what a replay shows agrees with the state's own answers
+        summary = app_summary(state, lambda host: None)
+        for host in state.domains:
+            e = state.endpoint_for(host)
+            assert summary["domains"][host]["endpoint"] == (e.name if e else None)  # type: ignore[index]
+        for name in state.endpoints:
+            assert summary["endpoints"][name]["domains"] == state.served_by(name)  # type: ignore[index]
         for domain in state.domains.values():
             assert domain.endpoint is None or domain.endpoint in state.endpoints
