@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -54,37 +55,37 @@ class ChainChecker:
     prev: bytes = GENESIS
     frontier: Frontier = field(default_factory=Frontier)
 
-    def check(self, row: LogRow) -> None:
-        """Accept the next row or raise `Broken` naming it."""
+    def check(self, row: LogRow | Sequence[Any]) -> None:
+        """Accept the next row or raise `Broken` naming it. Any sequence in `LogRow`'s order
+        will do (a database record as it comes: verify skips building a LogRow per row)."""
+        (position, stream_id, stream_version, event_id, command_id, command_index, type_,
+         schema_version, data, metadata, recorded_at, prev_hash, stored) = row  # fmt: skip
         expected = self.position + 1
-        if row.position != expected:
+        if position != expected:
             raise Broken(
                 expected,
-                f"missing: the log goes from position {self.position} to {row.position} "
+                f"missing: the log goes from position {self.position} to {position} "
                 "(an event was deleted, or positions were rewritten)"
-                if row.position > expected
-                else f"out of order: position {row.position} comes after {self.position}",
+                if position > expected
+                else f"out of order: position {position} comes after {self.position}",
             )
-        if row.prev_hash != self.prev:
+        if prev_hash != self.prev:
             raise Broken(
-                row.position,
+                position,
                 "it does not follow from the previous event (its prev_hash differs): an event "
                 "before it was removed, reordered or altered",
             )
         content = content_hash(
-            row.stream_id, row.event_id, row.command_id, row.command_index, row.type,
-            row.schema_version, row.data, row.metadata,
-        )  # fmt: skip
-        recomputed = event_hash(
-            self.prev, row.position, row.stream_version, row.recorded_at, content
+            stream_id, event_id, command_id, command_index, type_, schema_version, data, metadata
         )
-        if recomputed != row.hash:
+        recomputed = event_hash(self.prev, position, stream_version, recorded_at, content)
+        if recomputed != stored:
             raise Broken(
-                row.position,
+                position,
                 "its content does not match its hash: its data, metadata, stream, version or "
                 "time was altered after it was written",
             )
-        self.position, self.prev = row.position, recomputed
+        self.position, self.prev = position, recomputed
         self.frontier.append(leaf_hash(recomputed))
 
 

@@ -282,15 +282,16 @@ class ChunkChecker:
         self.first_prev = b""
         self.at_heads: dict[int, list[bytes]] = {}
 
-    def feed(self, row: LogRow) -> None:
+    def feed(self, row: LogRow | asyncpg.Record) -> None:
+        """A row in `ROW_COLUMNS` order: a LogRow or the database's record as it comes."""
         checker = self.checker
         if checker.position == self.start - 1:
-            self.first_prev = checker.prev = row.prev_hash  # linked by the coordinator
+            self.first_prev = checker.prev = row[11]  # prev_hash: linked by the coordinator
         checker.check(row)
         if self.writer_key is not None:
-            check_writer(row, self.writer_key)
-        if row.position in self.wanted:
-            self.at_heads[row.position] = list(checker.frontier.hashes)
+            check_writer(LogRow(*row), self.writer_key)
+        if row[0] in self.wanted:
+            self.at_heads[row[0]] = list(checker.frontier.hashes)
 
     def finish(self) -> None:
         if self.checker.position < self.end:
@@ -326,10 +327,14 @@ async def _read_chunk(url: str, snapshot: str, chunk: ChunkChecker) -> ChunkResu
     try:
         async with conn.transaction(readonly=True, isolation="repeatable_read"):
             await conn.execute(f"set transaction snapshot '{snapshot}'")  # the coordinator's
+            query = (
+                f"select {ROW_COLUMNS} from events where position > $1 and position <= $2"
+                " order by position"
+            )
             try:
-                async for rows in db_row_batches(conn, after=chunk.start - 1, upto=chunk.end):
-                    for row in rows:
-                        chunk.feed(row)
+                async for records in prefetched_batches(conn, query, chunk.start - 1, chunk.end):
+                    for record in records:
+                        chunk.feed(record)
                 chunk.finish()
             except Broken as e:
                 return chunk.result(e)
