@@ -1,4 +1,4 @@
-"""The event log on PostgreSQL: append batches through `certplane_append`, read streams back.
+"""The event log on PostgreSQL: append batches through `certplane_append_arrays`, read streams back.
 
 This is the one place that talks to the `events` table. Driver errors are translated here
 (STYLE 10): connection trouble becomes `Unavailable`; everything else is a bug and propagates.
@@ -6,7 +6,6 @@ This is the one place that talks to the `events` table. Driver errors are transl
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
@@ -64,9 +63,6 @@ class AppendResult(msgspec.Struct, frozen=True):
     actual: int = 0
 
 
-_RESULTS = msgspec.json.Decoder(list[AppendResult])
-
-
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event as read from the log. A Struct: every reader builds one per row, and a frozen
     dataclass's __init__ (object.__setattr__ per field) cost ~1.5 µs of it."""
@@ -118,9 +114,10 @@ def stored_event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
-def _event_json(
+def _sealed_event(
     command_id: str, index: int, e: NewEvent, mac_key: bytes | None
-) -> dict[str, object]:
+) -> tuple[str, int, str, str, bytes]:
+    """(type, schema version, data, metadata, content hash) as the log stores the event."""
     type_ = tag_of(type(e.event))
     version = CURRENT_SCHEMA_VERSION[type_]
     data = encode(e.event).decode()
@@ -132,38 +129,86 @@ def _event_json(
     digest = content_hash(
         e.stream_id, e.event_id, command_id, index, type_, version, data, metadata
     )
-    return {
-        "stream_id": e.stream_id,
-        "event_id": e.event_id,
-        "type": type_,
-        "schema_version": version,
-        "data": data,
-        "metadata": metadata,
-        "content_hash": digest.hex(),
-    }
+    return type_, version, data, metadata, digest
 
 
-def _batch_json(requests: list[AppendRequest], mac_key: bytes | None = None) -> str:
-    batch = [
-        {
-            "command_id": r.command_id,
-            "expected": r.expected,
-            "events": [
-                _event_json(r.command_id, index, e, mac_key) for index, e in enumerate(r.events)
-            ],
-            "new_keys": [
-                {
-                    "key_id": k.key_id,
-                    "master_key_id": k.master_key_id,
-                    "wrapped": base64.b64encode(k.wrapped).decode(),
-                }
-                for k in r.new_keys
-            ],
-            "shred": r.shred,
-        }
-        for r in requests
-    ]
-    return msgspec.json.encode(batch).decode()
+_APPEND = "select * from certplane_append_arrays(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
+
+
+def _batch_arrays(requests: list[AppendRequest], mac_key: bytes | None = None) -> list[list]:
+    """The arguments of `certplane_append_arrays` (schemas/sql/007): one array per column,
+    commands numbered from 1 in batch order."""
+    cmd_ids: list[str] = []
+    exp_cmd: list[int] = []
+    exp_stream: list[str] = []
+    exp_version: list[int] = []
+    ev_cmd: list[int] = []
+    ev_index: list[int] = []
+    ev_stream: list[str] = []
+    ev_id: list[str] = []
+    ev_type: list[str] = []
+    ev_schema: list[int] = []
+    ev_data: list[str] = []
+    ev_meta: list[str] = []
+    ev_content: list[bytes] = []
+    key_cmd: list[int] = []
+    key_ids: list[str] = []
+    key_master: list[str] = []
+    key_wrapped: list[bytes] = []
+    shred_cmd: list[int] = []
+    shred_ids: list[str] = []
+    for k, r in enumerate(requests, 1):
+        cmd_ids.append(r.command_id)
+        for stream, version in r.expected.items():
+            exp_cmd.append(k)
+            exp_stream.append(stream)
+            exp_version.append(version)
+        for index, e in enumerate(r.events):
+            type_, version, data, metadata, digest = _sealed_event(r.command_id, index, e, mac_key)
+            ev_cmd.append(k)
+            ev_index.append(index)
+            ev_stream.append(e.stream_id)
+            ev_id.append(e.event_id)
+            ev_type.append(type_)
+            ev_schema.append(version)
+            ev_data.append(data)
+            ev_meta.append(metadata)
+            ev_content.append(digest)
+        for key in r.new_keys:
+            key_cmd.append(k)
+            key_ids.append(key.key_id)
+            key_master.append(key.master_key_id)
+            key_wrapped.append(key.wrapped)
+        shred_cmd.extend(k for _ in r.shred)
+        shred_ids.extend(r.shred)
+    return [
+        cmd_ids, exp_cmd, exp_stream, exp_version,
+        ev_cmd, ev_index, ev_stream, ev_id, ev_type, ev_schema, ev_data, ev_meta, ev_content,
+        key_cmd, key_ids, key_master, key_wrapped, shred_cmd, shred_ids,
+    ]  # fmt: skip
+
+
+def _results(row: asyncpg.Record, requests: list[AppendRequest]) -> list[AppendResult]:
+    status, bad_stream, bad_expected, bad_actual, positions, versions = row
+    results = []
+    e = 0
+    for k, r in enumerate(requests):
+        n = len(r.events)
+        if status[k] == "ok":
+            results.append(AppendResult(AppendStatus.OK, positions[e : e + n], versions[e : e + n]))
+        elif status[k] == "conflict":
+            results.append(
+                AppendResult(
+                    AppendStatus.CONFLICT,
+                    stream=bad_stream[k],
+                    expected=bad_expected[k],
+                    actual=bad_actual[k],
+                )
+            )
+        else:
+            results.append(AppendResult(AppendStatus.DUPLICATE))
+        e += n
+    return results
 
 
 class PostgresEventLog:
@@ -178,16 +223,16 @@ class PostgresEventLog:
         self._writer_key = writer_key  # MACs every event (services/domain/writer_mac.py)
 
     async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
-        payload = _batch_json(requests, self._writer_key)
+        arguments = _batch_arrays(requests, self._writer_key)
         try:
-            raw = await self._pool.fetchval("select certplane_append($1::jsonb)::text", payload)
+            row = await self._pool.fetchrow(_APPEND, *arguments)
         except (
             OSError,
             asyncpg.exceptions.ConnectionDoesNotExistError,
             asyncpg.exceptions.CannotConnectNowError,
         ) as e:
             raise Unavailable("the event log cannot be reached", url=self._url) from e
-        return _RESULTS.decode(raw)
+        return _results(row, requests)
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
         rows = await self._pool.fetch(

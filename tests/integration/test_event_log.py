@@ -190,3 +190,39 @@ async def test_the_sql_hash_function_matches_the_python_one(db_url) -> None:
     )
     await conn.close()
     assert bytes(in_sql) == event_hash(prev, 42, 7, at, content)
+
+
+async def test_only_appended_commands_store_or_shred_data_keys(log, db_url) -> None:
+    """A command that loses its version check must leave the key table as it found it: its
+    new data key is not stored and the keys it would shred stay."""
+    from services.storage.event_log import NewDataKey
+
+    kept, added, refused = (str(uuid.uuid4()) for _ in range(3))
+    conn = await asyncpg.connect(db_url)
+    await conn.execute(
+        "insert into data_keys (key_id, master_key_id, wrapped) values ($1, 'm', '\\x01')", kept
+    )
+    await log.append_batch([request("app-one", 0)])
+    winner = request("app-two", 0)
+    loser = request("app-one", 0)  # app-one is at version 1: a conflict
+    results = await log.append_batch(
+        [
+            AppendRequest(
+                winner.command_id,
+                winner.expected,
+                winner.events,
+                new_keys=[NewDataKey(added, "m", b"\x02")],
+            ),
+            AppendRequest(
+                loser.command_id,
+                loser.expected,
+                loser.events,
+                new_keys=[NewDataKey(refused, "m", b"\x03")],
+                shred=[kept],
+            ),
+        ]
+    )
+    assert [r.status for r in results] == [AppendStatus.OK, AppendStatus.CONFLICT]
+    rows = await conn.fetch("select key_id::text, wrapped from data_keys order by created_at")
+    await conn.close()
+    assert {r[0]: bytes(r[1]) for r in rows} == {kept: b"\x01", added: b"\x02"}
