@@ -50,6 +50,7 @@ from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.reader import BatchReader
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import REBUILD_BATCH, ProjectorRunner
+from services.projectors.service import PROCESS_GROUPS
 from services.runner import tune_gc
 from services.storage.event_log import stored_event
 from services.storage.hash_chain import GENESIS, content_hash, event_hash
@@ -189,8 +190,13 @@ async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type:
         await conn.close()
 
 
-async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> list[str]:
-    """Accepted reply -> ROUTER_CONFIG update seen by a KV watcher, with paced commands."""
+async def lag(
+    base: Settings, rates: list[int], seconds: float, ca: DevCA, *, split: bool
+) -> list[str]:
+    """Accepted reply -> ROUTER_CONFIG update seen by a KV watcher, with paced commands.
+
+    `split`: the projectors in the processes `certplane dev` uses (PROCESS_GROUPS, router_config
+    apart); otherwise all in one `certplane projector` process."""
     tag = secrets.token_hex(4)
     url = await scratch_database(base.database_url, "cpbench_lag")
     master = MasterKey.generate()
@@ -219,12 +225,9 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
         "PYTHONPATH": str(REPO),
     }
     services = [["gateway"], ["projector"]]
-    if os.environ.get("BENCH_SPLIT_PROJECTORS"):
-        services = [
-            ["gateway"],
-            ["projector", "router_config"],
-            ["projector", "certificates", "dns_targets", "audit", "sealer"],
-        ]
+    if split:
+        services = [["gateway"], *(["projector", *group] for group in PROCESS_GROUPS)]
+    deployment = "router_config apart" if split else "one projector process"
     procs = [
         subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=env, cwd=REPO)
         for args in services
@@ -305,7 +308,8 @@ async def lag(base: Settings, rates: list[int], seconds: float, ca: DevCA) -> li
                 await asyncio.sleep(0.05)
             lags = [max(0.0, seen[h] - t) * 1000 for h, t in accepted.items() if h in seen]
             lines.append(
-                f"| lag at {rate:,} commands/s (achieved {achieved:,.0f}/s, {len(lags)} commands) | "
+                f"| lag at {rate:,} commands/s, {deployment} (achieved {achieved:,.0f}/s, "
+                f"{len(lags)} commands) | "
                 f"p50 {percentile(lags, 0.5):.1f} ms | p99 {percentile(lags, 0.99):.1f} ms |"
             )
         watching.cancel()
@@ -372,7 +376,8 @@ async def main() -> None:
     if opts.only != "lag":
         count, lines = await catch_ups(base, opts.events, ca)
     if opts.only != "catch-up":
-        lag_lines = await lag(base, [100, 1000], opts.lag_seconds, ca)
+        for split in (True, False):
+            lag_lines += await lag(base, [100, 1000], opts.lag_seconds, ca, split=split)
     print(f"## Projections — {dt.date.today().isoformat()}\n")
     print(f"Machine: {machine()}  ")
     only = f" --only {opts.only}" if opts.only else ""

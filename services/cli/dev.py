@@ -1,7 +1,7 @@
 """`certplane dev`: the whole control plane on one machine, for a first run or a demo.
 
 One supervised process tree: embedded PostgreSQL/NATS where none are reachable, then a
-gateway, the projectors and one router as child processes (restarted with backoff if one
+gateway, the projectors (router_config in a process of its own) and one router as child processes (restarted with backoff if one
 dies), all stopped together on Ctrl-C or SIGTERM.
 """
 
@@ -30,6 +30,7 @@ from services.config import Settings, state_dir
 from services.devcerts import DevCA
 from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
+from services.projectors.service import PROCESS_GROUPS
 from services.router_key import load_router_private_key
 from services.runner import setup_logging
 from services.storage.database import ensure_database, redact
@@ -232,7 +233,10 @@ def run_dev(args: argparse.Namespace) -> None:
         ready.unlink(missing_ok=True)
         children = [
             Child("gateway", ["gateway"]),
-            Child("projector", ["projector"]),
+            *(
+                Child(f"projector {' '.join(group)}", ["projector", *group])
+                for group in PROCESS_GROUPS
+            ),
             Child("router", ["router", "--https-port", str(args.https_port), "--http-port",
                              str(args.http_port), "--upstream", "*=echo", "--ready-file",
                              str(ready)]),

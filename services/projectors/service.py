@@ -30,6 +30,12 @@ log = logging.getLogger("certplane.projector")
 
 NAMES = ("certificates", "dns_targets", "router_config", "audit", "sealer")
 
+# How to spread the projectors over processes when latency matters (`certplane dev`,
+# compose.yaml): router_config alone, the rest together. In one process they share one core,
+# and at 1,000 commands/s on two cores router_config's lag p99 was 1.4-1.8 s; alone it was
+# 0.1-0.2 s (bench/RESULTS.md). `certplane projector` with no names still runs all in one.
+PROCESS_GROUPS = (("router_config",), tuple(n for n in NAMES if n != "router_config"))
+
 
 async def router_bucket(nc: nats.NATS, name: str):  # type: ignore[no-untyped-def]
     js = nc.jetstream()
