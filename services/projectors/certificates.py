@@ -13,8 +13,6 @@ from services.domain.app import hosts_changed
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 
-_FACTS = msgspec.json.Encoder()
-
 
 class CertificatesProjection:
     name = "certificates"
@@ -74,6 +72,8 @@ class CertificatesProjection:
                     else None
                 )
                 reassigned |= {d.endpoint for d in (old, new) if d is not None and d.endpoint}
+            if before.endpoints is after.endpoints and not reassigned:
+                continue  # most events: a domain changed and no endpoint's domain list did
             for name in before.endpoints.keys() | after.endpoints.keys():
                 old_e, new_e = before.endpoints.get(name), after.endpoints.get(name)
                 if old_e is new_e and name not in reassigned:
@@ -83,7 +83,7 @@ class CertificatesProjection:
                     continue
                 c = new_e.certificate
                 endpoints[(app, name)] = (
-                    app, name, new_e.endpoint_type.value, _FACTS.encode(c).decode(),
+                    app, name, new_e.endpoint_type.value, c,
                     after.served_by(name), c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
         await _write(conn, f'"{schema}".apps', ["name"], apps)
@@ -97,22 +97,28 @@ class CertificatesProjection:
         return None
 
 
+# Each table's columns and how a row's JSON value becomes each (rows travel as one JSON
+# array of arrays; see `_write`).
 _COLUMNS = {
-    "apps": ["name", "domains", "endpoints", "position", "updated_at"],
-    "domains": ["hostname", "app", "endpoint", "dns_verified", "position"],
-    "endpoints": [
-        "app", "name", "endpoint_type", "certificate", "domains", "not_after", "fingerprint",
-        "trusted", "position", "updated_at",
-    ],
+    "apps": [("name", "text"), ("domains", "integer"), ("endpoints", "integer"),
+             ("position", "bigint"), ("updated_at", "timestamptz")],
+    "domains": [("hostname", "text"), ("app", "text"), ("endpoint", "text"),
+                ("dns_verified", "boolean"), ("position", "bigint")],
+    "endpoints": [("app", "text"), ("name", "text"), ("endpoint_type", "text"),
+                  ("certificate", "jsonb"), ("domains", "text[]"), ("not_after", "timestamptz"),
+                  ("fingerprint", "text"), ("trusted", "boolean"), ("position", "bigint"),
+                  ("updated_at", "timestamptz")],
 }  # fmt: skip
 
+_ROWS = msgspec.json.Encoder()
 
-# Column array types for the tables written with one `unnest` (endpoints hold a text[] per
-# row, which unnest would flatten, so they go row by row).
-_ARRAY_TYPES = {
-    "apps": ["text[]", "integer[]", "integer[]", "bigint[]", "timestamptz[]"],
-    "domains": ["text[]", "text[]", "text[]", "boolean[]", "bigint[]"],
-}
+
+def _element(index: int, type_: str) -> str:
+    if type_ == "jsonb":
+        return f"r->{index}"
+    if type_ == "text[]":
+        return f"array(select jsonb_array_elements_text(r->{index}))"
+    return f"(r->>{index})::{type_}"
 
 
 async def _write(
@@ -121,7 +127,12 @@ async def _write(
     key: list[str],
     rows: dict[str, tuple[object, ...] | None] | dict[tuple[str, str], tuple[object, ...] | None],
 ) -> None:
-    """Delete the keys mapped to None, upsert the others (one round trip each)."""
+    """Delete the keys mapped to None, upsert the others (one statement each).
+
+    The upserts go as one JSON document that PostgreSQL takes apart, not as an array per
+    column: asyncpg encodes arrays element by element in Python (an ABC check each), and a
+    rebuild's Python process is its bottleneck while its backend has time to spare.
+    """
     columns = _COLUMNS[table.rsplit(".", 1)[1]]
     gone = [k for k, v in rows.items() if v is None]
     if gone:
@@ -130,23 +141,12 @@ async def _write(
         else:
             await conn.executemany(f"delete from {table} where app = $1 and name = $2", gone)
     upserts = [v for v in rows.values() if v is not None]
-    types = _ARRAY_TYPES.get(table.rsplit(".", 1)[1])
-    if upserts and types is not None:
-        # One statement for the whole batch: unnest one array per column.
-        names = ", ".join(columns)
-        arrays = ", ".join(f"${i}::{t}" for i, t in enumerate(types, start=1))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    if upserts:
+        names = ", ".join(c for c, _ in columns)
+        values = ", ".join(_element(i, t) for i, (_, t) in enumerate(columns))
+        updates = ", ".join(f"{c} = excluded.{c}" for c, _ in columns if c not in key)
         await conn.execute(
-            f"insert into {table} ({names}) select * from unnest({arrays})"
+            f"insert into {table} ({names}) select {values} from jsonb_array_elements($1::jsonb) r"
             f" on conflict ({', '.join(key)}) do update set {updates}",
-            *[list(column) for column in zip(*upserts, strict=True)],
-        )
-    elif upserts:
-        names = ", ".join(columns)
-        values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-        await conn.executemany(
-            f"insert into {table} ({names}) values ({values})"
-            f" on conflict ({', '.join(key)}) do update set {updates}",
-            upserts,
+            _ROWS.encode(upserts).decode(),
         )
