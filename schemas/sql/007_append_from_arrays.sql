@@ -128,13 +128,17 @@ begin
                     ev_schema, ev_data, ev_meta, prev_hash, hash)
              as u(p, s, v, eid, c, i, t, sv, d, m, pv, hh)
         where u.p is not null;
-        insert into data_keys (key_id, master_key_id, wrapped)
-            select u.id, u.m, u.w
-            from unnest(key_cmd, key_ids, key_master, key_wrapped) as u(c, id, m, w)
-            where ok[u.c];
-        delete from data_keys
-            where key_id in (select u.id from unnest(shred_cmd, shred_ids) as u(c, id)
-                             where ok[u.c]);
+        if cardinality(key_cmd) > 0 then  -- most batches have no keys: skip the statements
+            insert into data_keys (key_id, master_key_id, wrapped)
+                select u.id, u.m, u.w
+                from unnest(key_cmd, key_ids, key_master, key_wrapped) as u(c, id, m, w)
+                where ok[u.c];
+        end if;
+        if cardinality(shred_cmd) > 0 then
+            delete from data_keys
+                where key_id in (select u.id from unnest(shred_cmd, shred_ids) as u(c, id)
+                                 where ok[u.c]);
+        end if;
         update log_head set position = pos, hash = h, recorded_at = ts where id;
         perform pg_notify('certplane_events', pos::text);
     end if;
