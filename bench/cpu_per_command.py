@@ -1,0 +1,153 @@
+"""CPU each process spends per AddDomain, for A/B tests of the command path.
+
+Closed-loop throughput on this kind of 2-vCPU machine drifts by a third between runs (the
+machine has fast and slow phases), so comparing two versions of the gateway by their rates
+needs many alternated runs. The CPU each process spends per command (read from /proc over
+the same window as the commands counted) moves much less, and says which process a change
+helped. Also reports the mean group-commit batch (distinct `recorded_at` per batch).
+
+    .venv/bin/python bench/cpu_per_command.py [--clients 64] [--seconds 8]
+
+Alternate old and new code (`git stash` / `git stash pop` between runs), two runs each at
+least. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.command_path import start, wait_answering
+from bench.harness import closed_loop, drop_database, scratch_database
+from events.app import CreateApp
+from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode
+from events.domain import AddDomain
+from events.replies import Accepted
+from services.config import Settings
+from services.domain.key_envelope import MasterKey
+from services.storage.database import database_name
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def backends_of(database: str) -> list[str]:
+    """PIDs of the PostgreSQL backends connected to `database` (by their process title)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"postgres:") and f" {database} ".encode() in title:
+            pids.append(pid)
+    return pids
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    opts = parser.parse_args()
+    base = Settings.from_env()
+    url = await scratch_database(base.database_url, "cpbench_cpu")
+    prefix = f"cpu{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "CERTPLANE_DATABASE_URL": url,
+        "CERTPLANE_NATS_URL": base.nats_url,
+        "CERTPLANE_PREFIX": prefix,
+        "CERTPLANE_MASTER_KEY": MasterKey.generate().to_text(),
+        "CERTPLANE_TRUST_SYSTEM_STORE": "0",
+        "CERTPLANE_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    gateway = start([sys.executable, "-m", "services.cli.main", "gateway"], env)
+    nc = await nats.connect(base.nats_url)
+    try:
+        await wait_answering(nc, f"{prefix}.query._.gateway-key")
+
+        async def command(cmd: CreateApp | AddDomain) -> None:
+            envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)
+            msg = await nc.request(
+                f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30
+            )
+            reply = COMMAND_REPLY_DECODER.decode(msg.data)
+            assert isinstance(reply, Accepted), reply
+
+        made: set[int] = set()
+        serial = itertools.count()
+        done = [0]
+
+        async def add_domain(w: int, i: int) -> None:
+            app = f"w{w:05d}"
+            if w not in made:
+                made.add(w)
+                await command(CreateApp(app=app))
+            await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
+            done[0] += 1
+
+        def sample() -> tuple[float, float, float, int, float]:
+            backends = backends_of(database_name(url))
+            return (
+                cpu_seconds(gateway.pid),
+                sum(cpu_seconds(p) for p in backends),
+                cpu_seconds(os.getpid()),
+                done[0],
+                time.perf_counter(),
+            )
+
+        async def window() -> tuple[tuple[float, ...], tuple[float, ...]]:
+            await asyncio.sleep(1.5)  # past the warm-up and the first apps' creation
+            first = sample()
+            await asyncio.sleep(opts.seconds - 2.0)
+            return first, sample()
+
+        measuring = asyncio.create_task(window())
+        figure = await closed_loop("AddDomain", opts.clients, opts.seconds, add_domain)
+        first, last = await measuring
+        n = last[3] - first[3]
+        conn = await asyncpg.connect(url)
+        batches, commands = await conn.fetchrow(
+            "select count(distinct recorded_at), count(distinct command_id) from events"
+        )
+        await conn.close()
+    finally:
+        await nc.close()
+        gateway.terminate()
+        gateway.wait(10)
+        await drop_database(url)
+
+    def per_command(index: int) -> str:
+        return f"{(last[index] - first[index]) / n * 1e6:.0f} µs"
+
+    print(
+        f"AddDomain @{opts.clients}: {figure.rate:,.0f}/s (p50 {figure.p50_ms:.1f} ms,"
+        f" p99 {figure.p99_ms:.1f} ms); CPU per command: gateway {per_command(0)},"
+        f" PostgreSQL {per_command(1)}, client {per_command(2)};"
+        f" mean batch {commands / batches:.1f} commands"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
