@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
+import functools
 import itertools
 import math
 import re
@@ -262,8 +262,44 @@ def _public_id(key: object) -> tuple[object, ...]:
     return ("other", id(key))
 
 
-def _fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+class _Parsed:
+    """A certificate whose names, key ids and fingerprint are read at most once.
+
+    `cryptography` builds a fresh `Name` on every `.subject`/`.issuer` access and re-encodes
+    for every fingerprint; building a chain and its facts asks for each several times.
+    """
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert
+        self.fingerprint: bytes = cert.fingerprint(_SHA256)
+
+    @functools.cached_property
+    def subject(self) -> x509.Name:
+        return self.cert.subject
+
+    @functools.cached_property
+    def issuer(self) -> x509.Name:
+        return self.cert.issuer
+
+    @functools.cached_property
+    def self_issued(self) -> bool:
+        return self.issuer == self.subject
+
+    @functools.cached_property
+    def authority_key_id(self) -> bytes | None:
+        try:
+            ext = self.cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return None
+        return ext.value.key_identifier
+
+    @functools.cached_property
+    def subject_key_id(self) -> bytes | None:
+        try:
+            ext = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return None
+        return ext.value.digest
 
 
 def _dn(name: x509.Name) -> str:
@@ -276,8 +312,8 @@ def _dn(name: x509.Name) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
-def _common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+def _common_name(subject: x509.Name) -> str:
+    names = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     value = names[0].value if names else ""
     return value if isinstance(value, str) else value.decode(errors="replace")
 
@@ -290,26 +326,23 @@ def _sans(cert: x509.Certificate) -> list[str]:
     return [n.lower() for n in ext.value.get_values_for_type(x509.DNSName)]
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def _issued_by(child: _Parsed, parent: _Parsed) -> bool:
     if child.issuer != parent.subject:
         return False
     try:
-        child.verify_directly_issued_by(parent)
+        child.cert.verify_directly_issued_by(parent.cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
 
-def _names_link(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def _names_link(child: _Parsed, parent: _Parsed) -> bool:
     """Whether `parent` names itself as `child`'s issuer (subject, and key ids where present)."""
     if child.issuer != parent.subject:
         return False
-    try:
-        aki = child.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-        ski = parent.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
+    if child.authority_key_id is None or parent.subject_key_id is None:
         return True
-    return aki.key_identifier is None or aki.key_identifier == ski.digest
+    return child.authority_key_id == parent.subject_key_id
 
 
 def order_chain(
@@ -323,22 +356,32 @@ def order_chain(
     With `verify_signatures=False` links are found by name and key id only; the caller must
     then check the signatures (the trust verifier does, for a trusted chain).
     """
+    return [p.cert for p in _order(certificates, leaf, verify_signatures=verify_signatures)]
+
+
+def _order(
+    certificates: list[x509.Certificate],
+    leaf: x509.Certificate | None = None,
+    *,
+    verify_signatures: bool = True,
+) -> list[_Parsed]:
     links = _issued_by if verify_signatures else _names_link
-    unique: dict[bytes, x509.Certificate] = {}
+    unique: dict[bytes, _Parsed] = {}
     for cert in certificates:
-        unique.setdefault(cert.fingerprint(_SHA256), cert)
+        parsed = _Parsed(cert)
+        unique.setdefault(parsed.fingerprint, parsed)
     pool = list(unique.values())
     if leaf is None:
         issuers = {id(p) for c in pool for p in pool if c is not p and links(c, p)}
         leaves = [c for c in pool if id(c) not in issuers]
-        leaf = leaves[0] if leaves else pool[0]
+        first = leaves[0] if leaves else pool[0]
     else:
-        leaf = unique[leaf.fingerprint(_SHA256)]
-    chain = [leaf]
-    rest = [c for c in pool if c is not leaf]
+        first = unique[leaf.fingerprint(_SHA256)]
+    chain = [first]
+    rest = [c for c in pool if c is not first]
     while rest:
         current = chain[-1]
-        if current.issuer == current.subject:
+        if current.self_issued:
             break
         parent = next((c for c in rest if links(current, c)), None)
         if parent is None:
@@ -349,7 +392,7 @@ def order_chain(
         stray = rest[0]
         raise ChainIncomplete(
             f"The certificate {_dn(stray.subject)!r} does not link to the chain of "
-            f"{_dn(leaf.subject)!r}: pass only the leaf and the intermediates that issued it "
+            f"{_dn(first.subject)!r}: pass only the leaf and the intermediates that issued it "
             "(check with `certplane certs:chain FILES...`).",
             subject=_dn(stray.subject),
         )
@@ -382,7 +425,7 @@ def inspect_bundle(
             "The private key does not match the certificate: find the key that was generated "
             "with this certificate's request (check with `certplane certs:key CRT KEYS...`).",
         )
-    chain = order_chain(certs, leaf, verify_signatures=False)
+    chain = _order(certs, leaf, verify_signatures=False)
     _check_validity(leaf, now)
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise Rejected(
@@ -396,7 +439,7 @@ def inspect_bundle(
         _check_signatures(chain)
     return Bundle(
         facts=facts,
-        chain_pem="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
+        chain_pem="".join(p.cert.public_bytes(serialization.Encoding.PEM).decode() for p in chain),
         private_key_pem=key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -405,7 +448,7 @@ def inspect_bundle(
     )
 
 
-def _check_signatures(chain: list[x509.Certificate]) -> None:
+def _check_signatures(chain: list[_Parsed]) -> None:
     for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
             raise ChainIncomplete(
@@ -435,31 +478,32 @@ def _check_validity(leaf: x509.Certificate, now: dt.datetime) -> None:
 
 
 def _facts(
-    chain: list[x509.Certificate],
+    chain: list[_Parsed],
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     now: dt.datetime,
     trust: TrustStore,
 ) -> CertificateFacts:
-    leaf = chain[0]
+    parsed = chain[0]
+    leaf = parsed.cert
     sans = _sans(leaf)
-    self_signed = leaf.issuer == leaf.subject and _issued_by(leaf, leaf)
+    self_signed = parsed.self_issued and _issued_by(parsed, parsed)
     name = next((s for s in sans if not s.startswith("*.")), None)
     if name is None and sans:
         name = "x" + sans[0][1:]  # a wildcard SAN is checked through one name it covers
     return CertificateFacts(
-        subject=_dn(leaf.subject),
-        issuer=_dn(leaf.issuer),
-        common_name=_common_name(leaf),
+        subject=_dn(parsed.subject),
+        issuer=_dn(parsed.issuer),
+        common_name=_common_name(parsed.subject),
         sans=sans,
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
-        fingerprint_sha256=_fingerprint(leaf),
+        fingerprint_sha256=parsed.fingerprint.hex(),
         serial=format(leaf.serial_number, "x"),
         key_type="RSA" if isinstance(key, rsa.RSAPrivateKey) else f"EC {key.curve.name}",
         key_bits=key.key_size,
-        trusted=not self_signed and trust.reaches_root(chain, name, now),
+        trusted=not self_signed and trust.reaches_root([p.cert for p in chain], name, now),
         self_signed=self_signed,
-        chain_fingerprints=[_fingerprint(c) for c in chain],
+        chain_fingerprints=[p.fingerprint.hex() for p in chain],
     )
 
 
