@@ -139,6 +139,12 @@ def eventsourcing_figure(db: str, base: Settings, concurrency: int, seconds: flo
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--only",
+        choices=("all", "add-domain", "add-cert"),
+        default="all",
+        help="run one part (for profiling); the figures for RESULTS.md come from `all`",
+    )
     opts = parser.parse_args()
     seconds = opts.seconds
     base = Settings.from_env()
@@ -215,7 +221,7 @@ async def main() -> None:
             app = await ensure_app(w)
             await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
 
-        for concurrency in (1, 16, 64):
+        for concurrency in (1, 16, 64) if opts.only != "add-cert" else ():
             figures.append(
                 await closed_loop("bare NATS request/reply (echo)", concurrency, seconds, echo_op)
             )
@@ -231,7 +237,8 @@ async def main() -> None:
                 await closed_loop("certplane AddDomain", concurrency, seconds, add_domain_op)
             )
         # Closed-loop throughput is concurrency / latency: more clients, bigger batches.
-        figures.append(await closed_loop("certplane AddDomain", 256, seconds, add_domain_op))
+        if opts.only != "add-cert":
+            figures.append(await closed_loop("certplane AddDomain", 256, seconds, add_domain_op))
         await pool.close()
 
         gateway_key = (await nc.request(f"{prefix}.query._.gateway-key", b"", timeout=5)).data
@@ -240,6 +247,8 @@ async def main() -> None:
         public = QUERY_REPLY_DECODER.decode(gateway_key).public_key
         cert_runs = [("ec", "EC P-256", 1), ("rsa2048", "RSA-2048", 1)]
         cert_runs += [("ec", "EC P-256", 2), ("rsa2048", "RSA-2048", 2)]
+        if opts.only == "add-domain":
+            cert_runs = []
         for kind, label, gateways in cert_runs:
             if gateways == 2 and second is None:
                 # A second gateway in the queue group: bundle validation is CPU-bound
@@ -276,6 +285,10 @@ async def main() -> None:
             f.rate for f in figures if f.name.startswith(name) and f.concurrency == concurrency
         )
 
+    if opts.only != "all":
+        for f in figures:
+            print(f.row())
+        return
     small64 = rate("certplane AddDomain", 64)
     print(f"## Command path — {dt.date.today().isoformat()}\n")
     print(f"Machine: {machine()}  ")

@@ -1,4 +1,4 @@
-"""CPU each process spends per AddDomain, for A/B tests of the command path.
+"""CPU each process spends per AddDomain (or AddCert), for A/B tests of the command path.
 
 Closed-loop throughput on this kind of 2-vCPU machine drifts by a third between runs (the
 machine has fast and slow phases), so comparing two versions of the gateway by their rates
@@ -7,6 +7,7 @@ the same window as the commands counted) moves much less, and says which process
 helped. Also reports the mean group-commit batch (distinct `recorded_at` per batch).
 
     .venv/bin/python bench/cpu_per_command.py [--clients 64] [--seconds 8]
+        [--command add-domain|add-cert-ec|add-cert-rsa]
 
 Alternate old and new code (`git stash` / `git stash pop` between runs), two runs each at
 least. Linux only (/proc).
@@ -32,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.command_path import start, wait_answering
 from bench.harness import closed_loop, drop_database, scratch_database
 from events.app import CreateApp
-from events.codec import COMMAND_REPLY_DECODER, CommandEnvelope, encode
+from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
 from events.domain import AddDomain
+from events.endpoint import AddCert
 from events.replies import Accepted
 from services.config import Settings
-from services.domain.key_envelope import MasterKey
+from services.devcerts import DevCA
+from services.domain.key_envelope import MasterKey, seal_for_gateway
 from services.storage.database import database_name
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -49,6 +52,14 @@ def cpu_seconds(pid: int | str) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children(pid: int) -> list[str]:
+    """A process's children (a gateway's bundle workers), whose CPU counts as the gateway's."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
 
 
 def backends_of(database: str) -> list[str]:
@@ -68,26 +79,38 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--command", choices=("add-domain", "add-cert-ec", "add-cert-rsa"), default="add-domain"
+    )
+    parser.add_argument("--gateways", type=int, default=1, help="processes in the queue group")
     opts = parser.parse_args()
     base = Settings.from_env()
     url = await scratch_database(base.database_url, "cpbench_cpu")
     prefix = f"cpu{secrets.token_hex(4)}"
+    ca = DevCA.create("bench")
+    ca_file = Path(f"/tmp/{prefix}-ca.pem")
+    ca_file.write_bytes(ca.root.cert_pem)
     env = {
         **os.environ,
         "CERTPLANE_DATABASE_URL": url,
         "CERTPLANE_NATS_URL": base.nats_url,
         "CERTPLANE_PREFIX": prefix,
         "CERTPLANE_MASTER_KEY": MasterKey.generate().to_text(),
+        "CERTPLANE_EXTRA_CA_FILE": str(ca_file),
         "CERTPLANE_TRUST_SYSTEM_STORE": "0",
         "CERTPLANE_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
-    gateway = start([sys.executable, "-m", "services.cli.main", "gateway"], env)
+    gateways = [
+        start([sys.executable, "-m", "services.cli.main", "gateway"], env)
+        for _ in range(opts.gateways)
+    ]
     nc = await nats.connect(base.nats_url)
     try:
         await wait_answering(nc, f"{prefix}.query._.gateway-key")
+        await asyncio.sleep(1.0 if opts.gateways > 1 else 0)  # the others subscribe too
 
-        async def command(cmd: CreateApp | AddDomain) -> None:
+        async def command(cmd: CreateApp | AddDomain | AddCert) -> None:
             envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)
             msg = await nc.request(
                 f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30
@@ -107,10 +130,30 @@ async def main() -> None:
             await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
             done[0] += 1
 
+        operation = add_domain
+        if opts.command != "add-domain":
+            public = QUERY_REPLY_DECODER.decode(
+                (await nc.request(f"{prefix}.query._.gateway-key", b"", timeout=5)).data
+            ).public_key
+            kind = "ec" if opts.command == "add-cert-ec" else "rsa2048"
+            leaf = ca.leaf("www.bench.example", key_kind=kind)
+            sealed = seal_for_gateway(leaf.key_pem, public)
+            chain = [leaf.cert_pem, ca.intermediate.cert_pem]
+
+            async def add_cert(w: int, i: int) -> None:
+                app = f"w{w:05d}"
+                if w not in made:
+                    made.add(w)
+                    await command(CreateApp(app=app))
+                await command(AddCert(app=app, certificates=chain, key=sealed, bypass=True))
+                done[0] += 1
+
+            operation = add_cert
+
         def sample() -> tuple[float, float, float, int, float]:
             backends = backends_of(database_name(url))
             return (
-                cpu_seconds(gateway.pid),
+                sum(cpu_seconds(pid) for g in gateways for pid in (g.pid, *children(g.pid))),
                 sum(cpu_seconds(p) for p in backends),
                 cpu_seconds(os.getpid()),
                 done[0],
@@ -124,7 +167,7 @@ async def main() -> None:
             return first, sample()
 
         measuring = asyncio.create_task(window())
-        figure = await closed_loop("AddDomain", opts.clients, opts.seconds, add_domain)
+        figure = await closed_loop(opts.command, opts.clients, opts.seconds, operation)
         first, last = await measuring
         n = last[3] - first[3]
         conn = await asyncpg.connect(url)
@@ -134,16 +177,18 @@ async def main() -> None:
         await conn.close()
     finally:
         await nc.close()
-        gateway.terminate()
-        gateway.wait(10)
+        for gateway in gateways:
+            gateway.terminate()
+            gateway.wait(10)
         await drop_database(url)
+        ca_file.unlink(missing_ok=True)
 
     def per_command(index: int) -> str:
         return f"{(last[index] - first[index]) / n * 1e6:.0f} µs"
 
     print(
-        f"AddDomain @{opts.clients}: {figure.rate:,.0f}/s (p50 {figure.p50_ms:.1f} ms,"
-        f" p99 {figure.p99_ms:.1f} ms); CPU per command: gateway {per_command(0)},"
+        f"{opts.command} @{opts.clients}: {figure.rate:,.0f}/s (p50 {figure.p50_ms:.1f} ms,"
+        f" p99 {figure.p99_ms:.1f} ms); CPU per command: gateway{'s' if opts.gateways > 1 else ''} {per_command(0)},"
         f" PostgreSQL {per_command(1)}, client {per_command(2)};"
         f" mean batch {commands / batches:.1f} commands"
     )
