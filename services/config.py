@@ -35,6 +35,7 @@ class Settings:
     audit_public_key: str = ""  # base64 Ed25519: the key auditors trust (pinning)
     audit_seal_every: int = 1000  # the sealer signs a tree head every N events...
     audit_seal_seconds: float = 2.0  # ...or when this long has passed with events unsealed
+    bundle_workers: int = -1  # processes a gateway validates bundles in; -1: one per spare core
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -59,6 +60,7 @@ class Settings:
             audit_public_key=e.get("CERTPLANE_AUDIT_PUBLIC_KEY", ""),
             audit_seal_every=int(e.get("CERTPLANE_AUDIT_SEAL_EVERY", "1000")),
             audit_seal_seconds=float(e.get("CERTPLANE_AUDIT_SEAL_SECONDS", "2")),
+            bundle_workers=_workers(e.get("CERTPLANE_BUNDLE_WORKERS", "auto")),
         )
 
     def environment(self) -> dict[str, str]:
@@ -81,4 +83,22 @@ class Settings:
             "CERTPLANE_AUDIT_PUBLIC_KEY": self.audit_public_key,
             "CERTPLANE_AUDIT_SEAL_EVERY": str(self.audit_seal_every),
             "CERTPLANE_AUDIT_SEAL_SECONDS": str(self.audit_seal_seconds),
+            "CERTPLANE_BUNDLE_WORKERS": "auto"
+            if self.bundle_workers < 0
+            else str(self.bundle_workers),
         }
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() in ("", "auto"):
+        return -1
+    try:
+        count = int(text)
+    except ValueError:
+        count = -2
+    if count < 0:
+        raise ValueError(
+            f"CERTPLANE_BUNDLE_WORKERS={text!r}: give a number of processes (0 validates "
+            "bundles in the gateway process itself) or `auto` (one per core beyond the first)"
+        )
+    return count

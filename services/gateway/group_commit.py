@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from services.storage.event_log import AppendRequest, AppendResult, EventLog
 
@@ -19,9 +20,18 @@ log = logging.getLogger("certplane.gateway.group_commit")
 
 class GroupCommitter:
     def __init__(
-        self, event_log: EventLog, *, max_batch: int = 256, appenders: int = 2, min_share: int = 32
+        self,
+        event_log: EventLog,
+        *,
+        max_batch: int = 256,
+        appenders: int = 2,
+        min_share: int = 32,
+        upstream: Callable[[], int] = lambda: 0,
+        linger: float = 0.002,
     ) -> None:
         self._log = event_log
+        self._upstream = upstream
+        self._linger = linger
         self._max_batch = max_batch
         self._appenders = appenders
         self._min_share = min_share
@@ -66,6 +76,13 @@ class GroupCommitter:
             limit = min(self._max_batch, share)
             while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            if len(batch) < limit and self._upstream():
+                # Commands still in a bundle worker finish one by one, each about a
+                # millisecond apart: without a pause each would be appended alone, and a
+                # lone append costs PostgreSQL as much CPU as a batch of ten.
+                await asyncio.sleep(self._linger)
+                while len(batch) < limit and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
             try:
                 results = await self._log.append_batch([r for r, _ in batch])
             except Exception as e:  # every waiter learns of it; the loop goes on

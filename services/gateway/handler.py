@@ -46,8 +46,8 @@ from services.domain.streams import (
     projection_stream,
     stream_key,
 )
+from services.gateway.bundle_workers import BundleWorkers
 from services.gateway.group_commit import GroupCommitter
-from services.gateway.key_custody import KeyCustody
 from services.storage.event_log import (
     AppendRequest,
     AppendStatus,
@@ -196,14 +196,14 @@ class CommandHandler:
         self,
         event_log: PostgresEventLog,
         committer: GroupCommitter,
-        custody: KeyCustody,
+        bundles: BundleWorkers,
         *,
         clock: Clock = utcnow,
         cache_size: int = 10_000,
     ) -> None:
         self._log = event_log
         self._committer = committer
-        self._custody = custody
+        self._bundles = bundles
         self._clock = clock
         self._cache = StreamCache(cache_size)
         self._app_locks = _KeyedLocks()
@@ -251,7 +251,7 @@ class CommandHandler:
         new_keys: list[NewDataKey] = []
         cert = None
         if isinstance(command, AddCert | UpdateCert):
-            prepared = self._custody.prepare(command.certificates, command.key, now)
+            prepared = await self._bundles.prepare(command.certificates, command.key, now)
             cert, new_keys = prepared.cert, [prepared.new_key]
         app_id = app_stream(command.app)
         started = time.monotonic()

@@ -18,6 +18,7 @@ from services.config import Settings
 from services.domain.errors import Rejected as RejectedError
 from services.domain.writer_mac import writer_key
 from services.domain.x509_bundle import TrustStore
+from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
@@ -48,13 +49,18 @@ class Gateway:
         self.custody = KeyCustody(
             master, TrustStore.from_files(*extra, include_system=s.trust_system_store)
         )
+        count = default_count() if s.bundle_workers < 0 else s.bundle_workers
+        self.bundles = BundleWorkers(self.custody, master, count)
+        self._stack.push_async_callback(self.bundles.close)
         self.pool = await service_pool(s.database_url, s.service_role, min_size=2, max_size=6)
         self._stack.push_async_callback(self.pool.close)
         self.event_log = PostgresEventLog(
             self.pool, url=s.database_url, writer_key=writer_key(master.secret)
         )
-        self.committer = await self._stack.enter_async_context(GroupCommitter(self.event_log))
-        self.handler = CommandHandler(self.event_log, self.committer, self.custody)
+        self.committer = await self._stack.enter_async_context(
+            GroupCommitter(self.event_log, upstream=lambda: self.bundles.in_flight)
+        )
+        self.handler = CommandHandler(self.event_log, self.committer, self.bundles)
         self.read_models = ReadModels(self.pool)
         self.nc = await connect_nats(s.nats_url, "certplane-gateway")
         await self.nc.subscribe(
@@ -125,6 +131,9 @@ class Gateway:
                 reply = await self.handler.handle(envelope, traceparent)
             except RejectedError as e:
                 reply = rejected_reply(e)
+            except WorkerLost as e:
+                log.warning("command %s (%s): %s", envelope.id, tag, e)
+                reply = Rejected(code="bundle_worker_lost", message=str(e))
             except Exception:
                 log.exception("command %s (%s) failed", envelope.id, tag)
                 reply = Rejected(
