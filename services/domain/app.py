@@ -414,11 +414,11 @@ def _add_cert(
     seed: str,
 ) -> Decision:
     app = state.name
-    legacy = [e for e in state.endpoints.values() if e.endpoint_type is EndpointType.ENDPOINT]
-    if command.endpoint_type is EndpointType.ENDPOINT and legacy:
+    legacy = state.legacy() if command.endpoint_type is EndpointType.ENDPOINT else None
+    if legacy is not None:
         raise Rejected(
             "legacy_endpoint_exists",
-            f"{app} already has an SSL Endpoint ({legacy[0].name}); an app can have only one. "
+            f"{app} already has an SSL Endpoint ({legacy.name}); an app can have only one. "
             "Update it with `certplane certs:update`, or add this certificate with --type sni.",
             app=app,
         )
@@ -437,7 +437,7 @@ def _add_cert(
     new_domains = [h for h in dict.fromkeys(requested) if h not in state.domains]
     for host in new_domains:
         _check_free(state, hostnames, host)
-    name = endpoint_name(seed, frozenset(state.endpoints))
+    name = endpoint_name(seed, state.endpoints.keys())
     warnings: list[str] = []
     if command.endpoint_type is EndpointType.ENDPOINT:
         assigned = list(dict.fromkeys(requested))  # a legacy endpoint serves whatever SNI does not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Set as AbstractSet
 
 from services.domain.errors import Rejected
 
@@ -36,7 +37,7 @@ def validate_app_name(name: str) -> str:
     return name
 
 
-def endpoint_name(seed: str, taken: set[str] | frozenset[str]) -> str:
+def endpoint_name(seed: str, taken: AbstractSet[str]) -> str:
     """A name not in `taken`, chosen deterministically from `seed`."""
     for attempt in range(1000):
         digest = hashlib.sha256(f"{seed}/{attempt}".encode()).digest()
