@@ -87,7 +87,7 @@ class RouterConfigProjection:
             f'create table "{schema}".router_config (hostname text primary key, app text not null,'
             " endpoint text not null, endpoint_type text not null, chain_pem text not null,"
             " fingerprint text not null, sealed_key text, tls_policy text not null,"
-            " problem text not null, position bigint not null)",
+            " problem text not null, position bigint not null) with (toast_tuple_target = 8160)",
             f'create index on "{schema}".router_config (app)',
         ]
 
