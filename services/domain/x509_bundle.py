@@ -18,6 +18,7 @@ import ssl
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -38,6 +39,7 @@ _KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
 _ENCRYPTED_KEY_LABELS = {b"ENCRYPTED PRIVATE KEY"}
 _CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
 _SHA256 = hashes.SHA256()
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 
 @dataclass(frozen=True)
@@ -287,19 +289,20 @@ class _Parsed:
 
     @functools.cached_property
     def authority_key_id(self) -> bytes | None:
-        try:
-            ext = self.cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
-        except x509.ExtensionNotFound:
-            return None
-        return ext.value.key_identifier
+        aki = _extension(self.cert, x509.AuthorityKeyIdentifier)
+        return aki.key_identifier if aki is not None else None
 
     @functools.cached_property
     def subject_key_id(self) -> bytes | None:
-        try:
-            ext = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        except x509.ExtensionNotFound:
-            return None
-        return ext.value.digest
+        ski = _extension(self.cert, x509.SubjectKeyIdentifier)
+        return ski.digest if ski is not None else None
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _dn(name: x509.Name) -> str:
@@ -319,11 +322,8 @@ def _common_name(subject: x509.Name) -> str:
 
 
 def _sans(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [n.lower() for n in ext.value.get_values_for_type(x509.DNSName)]
+    san = _extension(cert, x509.SubjectAlternativeName)
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)] if san is not None else []
 
 
 def _issued_by(child: _Parsed, parent: _Parsed) -> bool:
