@@ -214,6 +214,10 @@ class _Worker:
         writer.write(_LENGTH.pack(len(init)) + init)
         return cls(process, reader, writer)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def load(self) -> int:
         return len(self._pending)
 
@@ -240,7 +244,11 @@ class _Worker:
                 if future is not None and not future.done():
                     future.set_result(outcome)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            pass  # the worker exited or was killed
+        except Exception:  # a reply that does not decode: the stream cannot be trusted
+            log.exception("bundle worker %d sent an unreadable reply; replacing it", self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
         finally:
             self.alive = False
             lost = WorkerLost(
@@ -250,9 +258,10 @@ class _Worker:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(lost)
+            self._writer.close()
             code = await self._process.wait()
             if code not in (0, -15):
-                log.error("bundle worker %d exited with %s", self._process.pid, code)
+                log.error("bundle worker %d exited with %s", self.pid, code)
 
     async def stop(self) -> None:
         self._writer.close()  # the worker exits at end of input

@@ -6,15 +6,18 @@ import asyncio
 import datetime as dt
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 
+from events.endpoint import SealedKey
 from services.devcerts import DevCA
 from services.domain.errors import Rejected
 from services.domain.key_envelope import DataKey, MasterKey, seal_for_gateway
 from services.domain.x509_bundle import TrustStore
-from services.gateway.bundle_workers import BundleWorkers
+from services.gateway.bundle_workers import BundleWorkers, WorkerLost, _Job, _Worker
 from services.gateway.key_custody import KeyCustody
 
 NOW = dt.datetime.now(dt.UTC)
@@ -100,3 +103,31 @@ async def test_a_killed_worker_is_replaced_and_no_bundle_is_lost(
         assert second != first
     finally:
         await workers.close()
+
+
+async def test_a_worker_that_answers_garbage_is_killed_and_its_bundle_fails_cleanly() -> None:
+    """Not a hang: the command fails with WorkerLost (the gateway answers bundle_worker_lost)."""
+    parent, child = socket.socketpair()
+    liar = (
+        "import socket, sys, time\n"
+        "s = socket.socket(fileno=int(sys.argv[1]))\n"
+        "s.recv(1 << 20)\n"
+        "s.sendall(b'\\x00\\x00\\x00\\x03abc')\n"
+        "time.sleep(60)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", liar, str(child.fileno()), pass_fds=(child.fileno(),)
+    )
+    child.close()
+    reader, writer = await asyncio.open_connection(sock=parent)
+    worker = _Worker(process, reader, writer)
+    job = _Job(
+        id=1,
+        certificates=[b"x"],
+        key=SealedKey(gateway_key_id="k", ephemeral_public=b"e", nonce=b"n", ciphertext=b"c"),
+        now=NOW,
+    )
+    with pytest.raises(WorkerLost):
+        await asyncio.wait_for(worker.run(job), 10)
+    assert await asyncio.wait_for(process.wait(), 10) == -signal.SIGKILL
+    assert not worker.alive
