@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.devcerts import DevCA, issue, key_pem, new_key
 from services.domain.errors import Rejected
@@ -15,6 +18,7 @@ from services.domain.x509_bundle import (
     TrustStore,
     inspect_bundle,
     matching_key,
+    pem_blocks,
     split_material,
 )
 
@@ -243,3 +247,37 @@ def test_an_impostor_issuer_with_the_right_names_is_caught_by_its_signature(ca, 
         excinfo.value.code == "chain_broken"
         and "signature does not verify" in excinfo.value.message
     )
+
+
+# The regular expression `pem_blocks` replaced (for speed): the reference it must agree with.
+_PEM_REFERENCE = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\s*\n(.*?)\n\s*-----END \1-----", re.DOTALL
+)
+_PIECES = [
+    b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----", b"-----BEGIN PRIVATE KEY-----",
+    b"-----END PRIVATE KEY-----", b"-----BEGIN EC PARAMETERS-----", b"-----END EC PARAMETERS-----",
+    b"-----BEGIN bad label-----", b"-----END bad label-----", b"MIIBszCCAVmgAwIBAgIU", b"QUJD+/==",
+    b"Proc-Type: 4,ENCRYPTED", b"\n", b"\n", b"\n", b" ", b"\t", b"-----", b"-----BEGIN ", b"x",
+]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)  # 100 examples missed a deliberately broken rule
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_pem_blocks_finds_what_the_regular_expression_found(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    expected = [
+        (m.group(1), b"".join(m.group(2).split()), m.group(0), b"ENCRYPTED" in m.group(2))
+        for m in _PEM_REFERENCE.finditer(data)
+    ]
+    found = [
+        (label, b"".join(body.split()), whole, b"ENCRYPTED" in body)
+        for label, body, whole in pem_blocks(data)
+    ]
+    assert found == expected
+
+
+def test_pem_blocks_reads_real_files_with_crlf_and_text_around_them(ca, leaf) -> None:
+    data = b"subject=...\n" + leaf.cert_pem + b"\r\n" + ca.intermediate.cert_pem + leaf.key_pem
+    blocks = pem_blocks(data.replace(b"\r\n", b"\n"))
+    assert [label for label, _, _ in blocks] == [b"CERTIFICATE", b"CERTIFICATE", b"PRIVATE KEY"]
+    assert blocks[2][2] + b"\n" == leaf.key_pem
