@@ -88,6 +88,23 @@ async def kv_revisions(settings) -> dict[str, tuple[int, bytes]]:
         await nc.close()
 
 
+async def kv_published(settings, position: int, within: float = 15.0) -> None:
+    """Until the KV's `_checkpoint` says every entry up to `position` is stored: router_config
+    publishes after its transaction commits, so a caught-up checkpoint alone is not enough."""
+    nc = await nats.connect(settings.nats_url)
+    try:
+        for _ in range(int(within / 0.05)):
+            with contextlib.suppress(BucketNotFoundError, KeyNotFoundError):
+                kv = await nc.jetstream().key_value(settings.router_bucket)
+                value = (await kv.get(CHECKPOINT_KEY)).value
+                if msgspec.json.decode(value, type=ConfigCheckpoint).position >= position:
+                    return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"ROUTER_CONFIG did not reach position {position} in {within}s")
+    finally:
+        await nc.close()
+
+
 async def generations(db_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(db_url)
     try:
@@ -104,6 +121,7 @@ async def test_a_rebuild_from_zero_equals_the_live_projection_and_republishes_no
 ) -> None:
     last = await busy_history(cp, ca)
     await projected(cp, last)
+    await kv_published(settings, last)
     before, published = await snapshot(db_url), await kv_revisions(settings)
     assert before["dns_targets.dns_targets"] and published
     subjects = Subjects(settings.prefix)
@@ -279,6 +297,7 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     c = ca.leaf("www.example.com")
     added = await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem)
     await projected(cp, added.position)
+    await kv_published(settings, added.position)
     nc = await nats.connect(settings.nats_url)
     kv = await nc.jetstream().key_value(settings.router_bucket)
     entry = msgspec.json.decode(
@@ -290,6 +309,7 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     assert opened.startswith(b"-----BEGIN PRIVATE KEY-----")  # only a router key opens it
     removed = await cp.command(RemoveCert(app="shop"))
     await projected(cp, removed.position)
+    await kv_published(settings, removed.position)
     with pytest.raises(KeyNotFoundError):
         await kv.get(kv_key("www.example.com"))
     await nc.close()
