@@ -75,6 +75,19 @@ def backends_of(database: str) -> list[str]:
     return pids
 
 
+def processes_named(name: bytes) -> list[str]:
+    """PIDs whose executable is `name` (the local NATS server, when there is one)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if argv0.rsplit(b"/", 1)[-1] == name:
+            pids.append(pid)
+    return pids
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=64)
@@ -150,7 +163,10 @@ async def main() -> None:
 
             operation = add_cert
 
-        def sample() -> tuple[float, float, float, int, float]:
+        # A NATS server on this machine is counted too (shared with whatever else uses it).
+        nats_servers = processes_named(b"nats-server")
+
+        def sample() -> tuple[float, float, float, int, float, float]:
             backends = backends_of(database_name(url))
             return (
                 sum(cpu_seconds(pid) for g in gateways for pid in (g.pid, *children(g.pid))),
@@ -158,6 +174,7 @@ async def main() -> None:
                 cpu_seconds(os.getpid()),
                 done[0],
                 time.perf_counter(),
+                sum(cpu_seconds(p) for p in nats_servers),
             )
 
         async def window() -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -189,8 +206,9 @@ async def main() -> None:
     print(
         f"{opts.command} @{opts.clients}: {figure.rate:,.0f}/s (p50 {figure.p50_ms:.1f} ms,"
         f" p99 {figure.p99_ms:.1f} ms); CPU per command: gateway{'s' if opts.gateways > 1 else ''} {per_command(0)},"
-        f" PostgreSQL {per_command(1)}, client {per_command(2)};"
-        f" mean batch {commands / batches:.1f} commands"
+        f" PostgreSQL {per_command(1)}, client {per_command(2)}"
+        + (f", NATS server {per_command(5)}" if nats_servers else "")
+        + f"; mean batch {commands / batches:.1f} commands"
     )
 
 

@@ -1,0 +1,109 @@
+"""PostgreSQL's CPU per command inside the append function, for A/B tests of its SQL.
+
+Appends batches of AddDomain-shaped commands (a DomainAdded on the app's stream and a
+HostnameClaimed on a new hostname's stream, each with its expected version) one batch after
+the other from one connection, as the gateway's group commit does under load, and reads the
+backend's CPU from /proc. No NATS, no gateway: only the function and what the batch costs
+PostgreSQL.
+
+    .venv/bin/python bench/append_sql.py [--batch 32] [--batches 2000] [--sql variant.sql]
+
+`--sql` runs a file (say, a `create or replace function certplane_append_arrays`) after the
+migrations, to compare a variant with the function the migrations install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cpu_per_command import backends_of, cpu_seconds
+from bench.harness import drop_database, scratch_database
+from events.base import Metadata
+from events.domain import DomainAdded, HostnameClaimed
+from services.config import Settings
+from services.domain.streams import app_stream, hostname_stream
+from services.runner import tune_gc
+from services.storage.database import database_name, service_pool
+from services.storage.event_log import AppendRequest, AppendStatus, NewEvent, PostgresEventLog
+
+APPS = 64
+
+
+def batch(serial: int, size: int, versions: dict[str, int]) -> list[AppendRequest]:
+    requests = []
+    for k in range(size):
+        n = serial * size + k
+        app = f"w{n % APPS:05d}"
+        host = f"h{n}.{app}.bench.example"
+        command_id = str(uuid.uuid4())
+        meta = Metadata(command_id=command_id, actor="bench", correlation_id=command_id,
+                        causation_id=command_id, traceparent="")  # fmt: skip
+        stream = app_stream(app)
+        requests.append(
+            AppendRequest(
+                command_id=command_id,
+                expected={stream: versions.get(stream, 0), hostname_stream(host): 0},
+                events=[
+                    NewEvent(stream, DomainAdded(app=app, hostname=host), meta, str(uuid.uuid4())),
+                    NewEvent(
+                        hostname_stream(host),
+                        HostnameClaimed(app=app, hostname=host),
+                        meta,
+                        str(uuid.uuid4()),
+                    ),
+                ],
+            )
+        )
+        versions[stream] = versions.get(stream, 0) + 1
+    return requests
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=2000)
+    parser.add_argument("--sql", type=Path, help="a file run (as the owner) before the batches")
+    opts = parser.parse_args()
+    tune_gc()
+    base = Settings.from_env()
+    url = await scratch_database(base.database_url, "cpbench_append")
+    try:
+        if opts.sql:
+            import asyncpg
+
+            owner = await asyncpg.connect(url)
+            await owner.execute(opts.sql.read_text())
+            await owner.close()
+        pool = await service_pool(url, base.service_role, min_size=1, max_size=1)
+        event_log = PostgresEventLog(pool, url=url, writer_key=b"k" * 32)
+        versions: dict[str, int] = {}
+        prepared = [batch(i, opts.batch, versions) for i in range(opts.batches)]
+        warm = opts.batches // 5
+        for requests in prepared[:warm]:
+            await event_log.append_batch(requests)
+        backends = backends_of(database_name(url))
+        cpu, started = sum(cpu_seconds(p) for p in backends), time.perf_counter()
+        for requests in prepared[warm:]:
+            results = await event_log.append_batch(requests)
+            assert all(r.status is AppendStatus.OK for r in results), results[0]
+        elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(p) for p in backends) - cpu
+        await pool.close()
+    finally:
+        await drop_database(url)
+    n = (opts.batches - warm) * opts.batch
+    print(
+        f"append of {opts.batch}-command batches: PostgreSQL {cpu / n * 1e6:.1f} µs of CPU"
+        f" and {elapsed / n * 1e6:.1f} µs of wall time per command ({n:,} commands)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
