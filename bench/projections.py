@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -325,6 +326,7 @@ async def lag(
             pass
         await nc2.close()
         await drop_database(url)
+        shutil.rmtree(state, ignore_errors=True)  # the router and audit keys made for the run
     return lines
 
 
