@@ -29,6 +29,10 @@ class Subjects:
     def all_queries(self) -> str:
         return f"{self.prefix}.query.>"
 
+    def gateway_appended(self) -> str:
+        """Where each gateway announces the events it appended, for the others' caches."""
+        return f"{self.prefix}.gateway.appended"
+
     def rebuild(self, projection: str) -> str:
         """Answered by the instance leading `projection` (standbys stay silent)."""
         return f"{self.prefix}.ops.projections.{projection}.rebuild"

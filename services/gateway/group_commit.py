@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from services.storage.event_log import AppendRequest, AppendResult, EventLog
+
+Announce = Callable[[list[AppendRequest], list[AppendResult]], Awaitable[None]]
 
 log = logging.getLogger("certplane.gateway.group_commit")
 
@@ -28,8 +30,10 @@ class GroupCommitter:
         min_share: int = 32,
         upstream: Callable[[], int] = lambda: 0,
         linger: float = 0.002,
+        announce: Announce | None = None,
     ) -> None:
         self._log = event_log
+        self._announce = announce
         self._upstream = upstream
         self._linger = linger
         self._max_batch = max_batch
@@ -92,6 +96,12 @@ class GroupCommitter:
                 continue
             self.batches += 1
             self.requests += len(batch)
+            if self._announce is not None:
+                # Before any reply: a client's next command must find the news ahead of it.
+                try:
+                    await self._announce([r for r, _ in batch], results)
+                except Exception as e:  # best effort: stale caches fall back to version checks
+                    log.warning("announcing a batch to the other gateways failed: %s", e)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

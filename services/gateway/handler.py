@@ -109,6 +109,18 @@ class StreamCache:
         else:
             self._entries.pop(stream, None)
 
+    def follow(self, stream: str, version: int, event: Any) -> None:
+        """Fold in an event another gateway appended, if it is the next one for a cached state
+        (or a new stream's first); after a gap the entry is forgotten (read again when needed)."""
+        entry = self._entries.get(stream)
+        if entry is None:
+            if version == 1:
+                self.put(stream, 1, _evolve(stream, _initial(stream), event))
+        elif entry[0] == version - 1:
+            self.put(stream, version, _evolve(stream, entry[1], event))
+        elif entry[0] < version:
+            del self._entries[stream]
+
 
 class _KeyedLocks:
     """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
@@ -208,6 +220,11 @@ class CommandHandler:
         self._cache = StreamCache(cache_size)
         self._app_locks = _KeyedLocks()
         self.conflicts = 0
+
+    def observe(self, events: list[tuple[str, int, Any]]) -> None:
+        """Events other gateways appended (see `coherence`), folded into the cached states."""
+        for stream, version, event in events:
+            self._cache.follow(stream, version, event)
 
     async def handle(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
         """Carry out one command; a repeat of an accepted command id answers the original reply."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 import msgspec
@@ -19,12 +20,13 @@ from services.domain.errors import Rejected as RejectedError
 from services.domain.writer_mac import writer_key
 from services.domain.x509_bundle import TrustStore
 from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
+from services.gateway.coherence import announcements, appended_events, read_announcement
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
 from services.storage.database import service_pool
-from services.storage.event_log import PostgresEventLog
+from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
 from services.telemetry import command_span
 
@@ -41,6 +43,8 @@ class Gateway:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stack = contextlib.AsyncExitStack()
+        self.id = secrets.token_hex(8)  # tells its own announcements from the others'
+        self.nc: Any = None
 
     async def __aenter__(self) -> Gateway:
         s = self.settings
@@ -58,11 +62,17 @@ class Gateway:
             self.pool, url=s.database_url, writer_key=writer_key(master.secret)
         )
         self.committer = await self._stack.enter_async_context(
-            GroupCommitter(self.event_log, upstream=lambda: self.bundles.in_flight)
+            GroupCommitter(
+                self.event_log,
+                upstream=lambda: self.bundles.in_flight,
+                announce=self._announce,
+            )
         )
         self.handler = CommandHandler(self.event_log, self.committer, self.bundles)
         self.read_models = ReadModels(self.pool)
-        self.nc = await connect_nats(s.nats_url, "certplane-gateway")
+        # no_echo: its own announcements would only cost this gateway a decode per batch
+        self.nc = await connect_nats(s.nats_url, "certplane-gateway", no_echo=True)
+        await self.nc.subscribe(self.subjects.gateway_appended(), cb=self._on_announcement)
         await self.nc.subscribe(
             self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command
         )
@@ -190,6 +200,19 @@ class Gateway:
                 code="internal_error", message="The gateway failed to answer; try again."
             )
         await self._respond(msg, reply)
+
+    async def _announce(self, requests: list[AppendRequest], results: list[AppendResult]) -> None:
+        """Tell the other gateways what this batch appended (see `coherence`)."""
+        if self.nc is None or not self.nc.is_connected:
+            return
+        subject = self.subjects.gateway_appended()
+        for payload in announcements(
+            self.id, appended_events(requests, results), self.nc.max_payload
+        ):
+            await self.nc.publish(subject, payload)
+
+    async def _on_announcement(self, msg: Msg) -> None:
+        self.handler.observe(read_announcement(msg.data, self.id))
 
     async def _respond(self, msg: Msg, reply: object) -> None:
         if msg.reply:

@@ -310,6 +310,23 @@ async def test_stale_caches_in_two_gateways_resolve_by_version_check(
     assert len(view.domains) == 40
 
 
+async def test_gateways_tell_each_other_what_they_appended(
+    cp, settings, gateway, projectors
+) -> None:
+    """One app's commands, one after the other, land on either gateway at random: without the
+    announcements each switch found a stale cache, failed its append and appended again."""
+    async with Gateway(settings) as second:
+        await cp.command(CreateApp(app="shop"))
+        for i in range(40):
+            reply = await cp.command(AddDomain(app="shop", hostname=f"h{i}.example.com"))
+            assert isinstance(reply, Accepted), reply
+        assert second.committer.requests > 5 and gateway.committer.requests > 5  # both served
+        conflicts = gateway.handler.conflicts + second.handler.conflicts
+    assert conflicts <= 2, f"{conflicts} of 40 commands found a stale cache"
+    view = await cp.query("shop", "app")
+    assert len(view.domains) == 40
+
+
 async def _setup_shop(cp, ca) -> None:
     await cp.command(CreateApp(app="shop"))
     await cp.command(AddDomain(app="shop", hostname="www.example.com"))

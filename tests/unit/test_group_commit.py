@@ -66,3 +66,33 @@ async def test_a_failed_append_fails_every_waiter_and_the_committer_goes_on() ->
         except ConnectionError:
             pass
         assert (await committer.append(req("b"))).status is AppendStatus.OK
+
+
+async def test_a_batch_is_announced_before_any_of_its_commands_is_answered() -> None:
+    log = SlowLog()
+    log.release.set()
+    seen: list[tuple[list[str], list[AppendStatus], bool]] = []
+    tasks: list[asyncio.Task[AppendResult]] = []
+
+    async def announce(requests: list[AppendRequest], results: list[AppendResult]) -> None:
+        answered = any(t.done() for t in tasks)
+        seen.append(([r.command_id for r in requests], [r.status for r in results], answered))
+
+    async with GroupCommitter(log, appenders=1, announce=announce) as committer:  # type: ignore[arg-type]
+        tasks += [asyncio.create_task(committer.append(req(f"c{i}"))) for i in range(4)]
+        await asyncio.gather(*tasks)
+    assert [ids for ids, _, _ in seen] == [["c0", "c1", "c2", "c3"]]
+    assert seen[0][1][3] is AppendStatus.CONFLICT  # every result goes along; the reader filters
+    assert not any(answered for _, _, answered in seen)
+
+
+async def test_a_failed_announcement_does_not_fail_the_commands() -> None:
+    log = SlowLog()
+    log.release.set()
+
+    async def announce(requests: list[AppendRequest], results: list[AppendResult]) -> None:
+        raise ConnectionError("nats went away")
+
+    async with GroupCommitter(log, appenders=1, announce=announce) as committer:  # type: ignore[arg-type]
+        results = await asyncio.gather(*(committer.append(req(f"x{i}")) for i in range(3)))
+    assert [r.status for r in results] == [AppendStatus.OK] * 3
