@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/certplane"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class ConfigError(ValueError):
+    """A CERTPLANE_* variable (or a file it names) is wrong; the message names it and the fix.
+
+    Services and the CLI report it as a usage error (exit 2), never as a traceback."""
+
+
+class MissingKeyFile(ConfigError, FileNotFoundError):
+    """A key file this process needs is absent and must not be created here."""
 
 
 def state_dir() -> Path:
@@ -58,8 +69,8 @@ class Settings:
                 e.get("CERTPLANE_AUDIT_KEY_FILE") or state_dir() / "audit-signing.key"
             ),
             audit_public_key=e.get("CERTPLANE_AUDIT_PUBLIC_KEY", ""),
-            audit_seal_every=int(e.get("CERTPLANE_AUDIT_SEAL_EVERY", "1000")),
-            audit_seal_seconds=float(e.get("CERTPLANE_AUDIT_SEAL_SECONDS", "2")),
+            audit_seal_every=int(_number(e, "CERTPLANE_AUDIT_SEAL_EVERY", "1000", int, 1)),
+            audit_seal_seconds=_number(e, "CERTPLANE_AUDIT_SEAL_SECONDS", "2", float, 0.01),
             bundle_workers=_workers(e.get("CERTPLANE_BUNDLE_WORKERS", "auto")),
         )
 
@@ -89,6 +100,24 @@ class Settings:
         }
 
 
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    kind: type[int] | type[float],
+    minimum: float,
+) -> float:
+    text = env.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={text!r}: give {what} of at least {minimum} (default {default})")
+    return value
+
+
 def _workers(text: str) -> int:
     if text.strip().lower() in ("", "auto"):
         return -1
@@ -97,7 +126,7 @@ def _workers(text: str) -> int:
     except ValueError:
         count = -2
     if count < 0:
-        raise ValueError(
+        raise ConfigError(
             f"CERTPLANE_BUNDLE_WORKERS={text!r}: give a number of processes (0 validates "
             "bundles in the gateway process itself) or `auto` (one per core beyond the first)"
         )

@@ -42,7 +42,7 @@ from services.cli.routers import (
     routers_table,
     wait_for_routers,
 )
-from services.config import Settings
+from services.config import ConfigError, Settings
 from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
 from services.domain.errors import Unavailable
@@ -856,6 +856,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(result)
     except UsageError as e:
         parser.print_usage(sys.stderr)
+        _fail(EXIT_USAGE, str(e))
+    except ConfigError as e:  # a CERTPLANE_* variable or a key file: say which, no traceback
         _fail(EXIT_USAGE, str(e))
     except Unavailable as e:
         _fail(
