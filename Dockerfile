@@ -4,5 +4,5 @@ COPY pyproject.toml README.md ./
 COPY events events
 COPY services services
 COPY schemas schemas
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[telemetry]'
 USER nobody

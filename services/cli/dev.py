@@ -34,6 +34,7 @@ from services.projectors.service import PROCESS_GROUPS
 from services.router_key import load_router_private_key
 from services.runner import setup_logging
 from services.storage.database import ensure_database, redact
+from services.telemetry import METRIC_EXPORTERS, exporters, metrics_port
 
 RESTART_SCHEDULE = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restarting a dead child
 STOP_GRACE = 15.0
@@ -61,10 +62,11 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # this child's own
 
     def start(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", *self.args], env=env
+            [sys.executable, "-m", "services.cli.main", *self.args], env={**env, **self.env}
         )
 
     def stop(self) -> None:
@@ -125,7 +127,24 @@ def _exports(settings: Settings) -> list[str]:
     return lines
 
 
-def _instructions(settings: Settings, router: dict[str, Any], files: dict[str, Path]) -> str:
+def _metrics_ports(children: list[Child]) -> list[str]:
+    """With Prometheus metrics on, one port per child from CERTPLANE_METRICS_PORT up (each
+    process serves its own /metrics); the lines that say where."""
+    if "prometheus" not in exporters("CERTPLANE_METRICS_EXPORT", METRIC_EXPORTERS):
+        return []
+    base = metrics_port()
+    lines = []
+    for offset, child in enumerate(children):
+        port = base + offset if base else 0
+        child.env["CERTPLANE_METRICS_PORT"] = str(port)
+        where = f"http://127.0.0.1:{port}/metrics" if port else "a free port (see its log)"
+        lines.append(f"  metrics    {where}  ({child.name})")
+    return lines
+
+
+def _instructions(
+    settings: Settings, router: dict[str, Any], files: dict[str, Path], metrics: list[str]
+) -> str:
     https, http = [*router["addresses"], ""][:2]
     port = https.rsplit(":", 1)[1]
     lines = [
@@ -136,6 +155,7 @@ def _instructions(settings: Settings, router: dict[str, Any], files: dict[str, P
         f"  projectors certificates, dns_targets, router_config (KV {settings.router_bucket}), audit,"
         " sealer",
         f"  router     {router['router_id']}: {https}  {http}",
+        *metrics,
         "",
         "Try it from another terminal:",
         *_exports(settings),
@@ -241,6 +261,7 @@ def run_dev(args: argparse.Namespace) -> None:
                              str(args.http_port), "--upstream", "*=echo", "--ready-file",
                              str(ready)]),
         ]  # fmt: skip
+        metrics = _metrics_ports(children)
         stop = {"now": False}
 
         def on_signal(*_: object) -> None:
@@ -254,7 +275,7 @@ def run_dev(args: argparse.Namespace) -> None:
                 _run_demo({**env, "CERTPLANE_LOG_LEVEL": "WARNING"}, router, files)
                 print("Demo complete.", flush=True)
                 return
-            print(_instructions(settings, router, files), flush=True)
+            print(_instructions(settings, router, files, metrics), flush=True)
             while not stop["now"]:
                 supervisor.check()
                 time.sleep(0.2)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from services.gateway.queries import ReadModels
 from services.storage.database import service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
-from services.telemetry import command_span
+from services.telemetry import command_span, gateway_metrics
 
 log = logging.getLogger("certplane.gateway")
 _PARAMS = msgspec.json.Decoder(QueryParams)
@@ -45,6 +46,7 @@ class Gateway:
         self._stack = contextlib.AsyncExitStack()
         self.id = secrets.token_hex(8)  # tells its own announcements from the others'
         self.nc: Any = None
+        self.metrics = gateway_metrics()  # None unless CERTPLANE_METRICS_EXPORT is set
 
     async def __aenter__(self) -> Gateway:
         s = self.settings
@@ -69,6 +71,8 @@ class Gateway:
             )
         )
         self.handler = CommandHandler(self.event_log, self.committer, self.bundles)
+        if self.metrics is not None:
+            self.metrics.count_conflicts(lambda: self.handler.conflicts)
         self.read_models = ReadModels(self.pool)
         # no_echo: its own announcements would only cost this gateway a decode per batch
         self.nc = await connect_nats(s.nats_url, "certplane-gateway", no_echo=True)
@@ -109,32 +113,33 @@ class Gateway:
             log.error("unexpected error handling a message", exc_info=task.exception())
 
     async def _on_command(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        tag, reply = await self._decide(msg)
+        if self.metrics is not None:
+            outcome = reply.code if isinstance(reply, Rejected) else "accepted"
+            self.metrics.command(tag, outcome, time.perf_counter() - started)
+        await self._respond(msg, reply)
+
+    async def _decide(self, msg: Msg) -> tuple[str, Any]:
+        """The command's type (`unreadable` if it could not be decoded) and its reply."""
         headers = msg.headers or {}
         try:
             envelope = COMMAND_DECODER.decode(msg.data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
-            await self._respond(
-                msg,
-                Rejected(
-                    code="bad_command",
-                    message=f"The command could not be read: {e}. Check the field names and types "
-                    "against schemas/json/CommandEnvelope.json.",
-                ),
+            return "unreadable", Rejected(
+                code="bad_command",
+                message=f"The command could not be read: {e}. Check the field names and types "
+                "against schemas/json/CommandEnvelope.json.",
             )
-            return
+        tag = tag_of(type(envelope.command))
         subject_app = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
         app = getattr(envelope.command, "app", NON_APP)
         if subject_app != app:
-            await self._respond(
-                msg,
-                Rejected(
-                    code="bad_command",
-                    message=f"The subject names app {subject_app!r} but the command is for "
-                    f"{app!r}: publish to {self.subjects.command(app, '<Command>')}.",
-                ),
+            return tag, Rejected(
+                code="bad_command",
+                message=f"The subject names app {subject_app!r} but the command is for "
+                f"{app!r}: publish to {self.subjects.command(app, '<Command>')}.",
             )
-            return
-        tag = tag_of(type(envelope.command))
         attributes = {"certplane.app": app, "certplane.command_id": envelope.id}
         with command_span(tag, headers, attributes) as traceparent:
             try:
@@ -167,7 +172,7 @@ class Gateway:
                 app,
                 reply.position,
             )
-        await self._respond(msg, reply)
+        return tag, reply
 
     async def _on_query(self, msg: Msg) -> None:
         parts = msg.subject[len(self.settings.prefix) + 1 :].split(".")
@@ -203,6 +208,8 @@ class Gateway:
 
     async def _announce(self, requests: list[AppendRequest], results: list[AppendResult]) -> None:
         """Tell the other gateways what this batch appended (see `coherence`)."""
+        if self.metrics is not None:
+            self.metrics.batch(len(requests))
         if self.nc is None or not self.nc.is_connected:
             return
         subject = self.subjects.gateway_appended()

@@ -82,13 +82,22 @@ class ProjectorRunner:
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.reconcile_every = reconcile_every
         self.linger = linger
+        self._metrics = projector_metrics(projection.name, tuple(s.value for s in State))
         self.state = State.STANDBY
         self.position = 0
         self.applied = 0
         self._reader: BatchReader  # on the session's second connection
         self._wake = asyncio.Event()
         self._rebuild = asyncio.Event()
-        self._metrics = projector_metrics(projection.name)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self._state = state
+        self._metrics.set_state(state.value)
 
     @property
     def name(self) -> str:
@@ -166,7 +175,7 @@ class ProjectorRunner:
         await self.projection.reconcile(conn, schema)
         last_reconcile = last_status = time.monotonic()
         await store.set_status(conn, self.name, self.instance, State.RUNNING.value)
-        self._metrics.lag(await store.head(conn) - self.position)
+        self._metrics.lag(*await store.lag(conn, self.position))
         while not stop.is_set():
             self._wake.clear()
             if self._rebuild.is_set():
@@ -177,7 +186,7 @@ class ProjectorRunner:
             now = time.monotonic()
             if now - last_status > 2.0:
                 await store.set_status(conn, self.name, self.instance, self.state.value)
-                self._metrics.lag(await store.head(conn) - self.position)
+                self._metrics.lag(*await store.lag(conn, self.position))
                 last_status = now
             if now - last_reconcile > self.reconcile_every and getattr(
                 self.projection, "needs_reconcile", False
@@ -417,6 +426,7 @@ class ProjectorRunner:
                 log.warning("%s: skipped position %d by operator request", self.name, position)
                 return
             await store.set_status(conn, self.name, self.instance, self.state.value, detail)
+            self._metrics.lag(*await store.lag(conn, self.position))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 

@@ -106,6 +106,17 @@ async def head(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("select position from log_head"))
 
 
+async def lag(conn: asyncpg.Connection, position: int) -> tuple[int, float]:
+    """Events after `position`, and how much older than the head the first of them is
+    (as `certplane projections` shows it: 0 when caught up)."""
+    row = await conn.fetchrow(
+        "select h.position - $1, coalesce(extract(epoch from h.recorded_at - e.recorded_at), 0)"
+        " from log_head h left join events e on e.position = $1 + 1",
+        position,
+    )
+    return int(row[0]), max(0.0, float(row[1]))
+
+
 async def record_dead_letter(
     conn: asyncpg.Connection, name: str, position: int, event_type: str, error: str, attempts: int
 ) -> None:

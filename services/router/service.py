@@ -30,6 +30,7 @@ from services.router.tls import certificate_context, listening_context
 from services.router.upstreams import Upstreams
 from services.router_key import load_router_private_key
 from services.subjects import Subjects, router_id_token
+from services.telemetry import router_metrics
 
 log = logging.getLogger("certplane.router")
 
@@ -120,6 +121,13 @@ class Router:
                 nc.jetstream(), s.router_bucket, self.table, self.loader, reporter.changed
             )
             watcher_ref.append(self.watcher)
+            watcher = self.watcher
+            router_metrics(
+                lambda: watcher.position if watcher.synced.is_set() else 0,
+                lambda: len(self.table),
+                lambda: len(watcher.nacks),
+                lambda: len(self.connections.open),
+            )
             tasks.append(asyncio.create_task(self.watcher.run(stop)))
             tasks.append(asyncio.create_task(reporter.run(stop)))
             self._write_ready_file()

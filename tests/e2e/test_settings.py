@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from services.config import Settings
@@ -11,6 +13,10 @@ from tests.conftest import run_cli
 @pytest.mark.parametrize(
     ("service", "env", "names"),
     [
+        ("gateway", {"CERTPLANE_METRICS_EXPORT": "statsd"}, ["CERTPLANE_METRICS_EXPORT", "prometheus"]),
+        ("gateway", {"CERTPLANE_TRACE_EXPORT": "jaeger"}, ["CERTPLANE_TRACE_EXPORT", "otlp"]),
+        ("projector", {"CERTPLANE_METRICS_EXPORT": "prometheus", "CERTPLANE_METRICS_PORT": "http"},
+         ["CERTPLANE_METRICS_PORT", "0 picks a free one"]),
         ("gateway", {"CERTPLANE_BUNDLE_WORKERS": "many"}, ["CERTPLANE_BUNDLE_WORKERS", "auto"]),
         ("projector", {"CERTPLANE_AUDIT_SEAL_EVERY": "0"}, ["CERTPLANE_AUDIT_SEAL_EVERY", "at least 1"]),
         ("projector", {"CERTPLANE_AUDIT_SEAL_SECONDS": "soon"}, ["CERTPLANE_AUDIT_SEAL_SECONDS", "a number"]),
@@ -26,3 +32,18 @@ def test_a_bad_setting_exits_2_naming_it_without_a_traceback(
     assert result.returncode == 2, result.stderr
     assert all(name in result.stderr for name in names), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_metrics_port_in_use_is_refused_by_name(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            settings, "projector", "certificates",
+            CERTPLANE_METRICS_EXPORT="prometheus", CERTPLANE_METRICS_HOST="127.0.0.1",
+            CERTPLANE_METRICS_PORT=str(port),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "CERTPLANE_METRICS_PORT" in result.stderr and "Traceback" not in result.stderr
