@@ -18,6 +18,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -79,6 +80,21 @@ def metrics_port(env: Mapping[str, str] | None = None) -> int:
     return port
 
 
+def metrics_interval(env: Mapping[str, str] | None = None) -> float:
+    """CERTPLANE_METRICS_INTERVAL: seconds between pushes, and between refreshes of what
+    projections observe themselves (certificates expiring)."""
+    text = (os.environ if env is None else env).get("CERTPLANE_METRICS_INTERVAL", "10")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(
+            f"CERTPLANE_METRICS_INTERVAL={text!r}: give seconds, more than 0 (default 10)"
+        )
+    return seconds
+
+
 def _prometheus_reader() -> object:
     """A reader that prometheus_client's HTTP server collects from on every scrape."""
     try:
@@ -117,7 +133,7 @@ def setup_metrics(service: str) -> None:
     )
     from opentelemetry.sdk.resources import Resource
 
-    interval = int(float(os.environ.get("CERTPLANE_METRICS_INTERVAL", "10")) * 1000)
+    interval = int(metrics_interval() * 1000)
     readers: list[MetricReader] = []
     for name in names:
         if name == "prometheus":
@@ -416,3 +432,63 @@ def router_metrics(
             yield Observation(read())
 
         meter.create_observable_gauge(name, [observe], description=description)
+
+
+EXPIRY_WINDOWS_DAYS = (0, 1, 7, 30)
+
+
+@dataclass(frozen=True)
+class CertificateExpiry:
+    """What the `certificates` projection says about expiry, as of its last look."""
+
+    total: int
+    within_days: dict[int, int]  # days -> certificates whose not_after is at most that far
+    next_expiry: float | None  # Unix time of the earliest not_after, None without certificates
+
+
+_expiry_sources: list[Callable[[], CertificateExpiry | None]] = []
+
+
+def certificate_metrics(read: Callable[[], CertificateExpiry | None]) -> None:
+    """Certificates about to expire, as cert-manager's operators watch them, but bounded:
+    counts per window, not one series per certificate (an app owner's names are not ours to
+    put in a monitoring system). `certplane.certificates` (all endpoints),
+    `.expiring` by `certplane.within_days` (0: already expired) and `.next_expiry` (Unix
+    seconds). Only the leading `certificates` projector reports them."""
+    if not _metrics_on:
+        return
+    _expiry_sources.append(read)
+    if len(_expiry_sources) > 1:
+        return
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    def current() -> Iterator[CertificateExpiry]:
+        for source in list(_expiry_sources):
+            if (expiry := source()) is not None:
+                yield expiry
+
+    def total(_: CallbackOptions) -> Iterator[Observation]:
+        yield from (Observation(e.total) for e in current())
+
+    def expiring(_: CallbackOptions) -> Iterator[Observation]:
+        for e in current():
+            for days, count in e.within_days.items():
+                yield Observation(count, {"certplane.within_days": str(days)})
+
+    def next_expiry(_: CallbackOptions) -> Iterator[Observation]:
+        yield from (Observation(e.next_expiry) for e in current() if e.next_expiry is not None)
+
+    meter = metrics.get_meter("certplane")
+    meter.create_observable_gauge(
+        "certplane.certificates", [total], unit="{certificate}",
+        description="certificates uploaded (SNI and legacy endpoints), all apps",
+    )  # fmt: skip
+    meter.create_observable_gauge(
+        "certplane.certificates.expiring", [expiring], unit="{certificate}",
+        description="certificates expiring within certplane.within_days (0: expired)",
+    )  # fmt: skip
+    meter.create_observable_gauge(
+        "certplane.certificates.next_expiry", [next_expiry], unit="s",
+        description="Unix time at which the next certificate expires",
+    )  # fmt: skip

@@ -12,6 +12,7 @@ import msgspec
 from services.domain.app import hosts_changed
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
+from services.telemetry import EXPIRY_WINDOWS_DAYS, CertificateExpiry, certificate_metrics
 
 
 class CertificatesProjection:
@@ -21,9 +22,28 @@ class CertificatesProjection:
 
     def __init__(self) -> None:
         self.states = AppStates()
+        self.expiry: CertificateExpiry | None = None  # as of the last `observe`, when leading
+        certificate_metrics(lambda: self.expiry)
 
     def reset(self) -> None:
         self.states.reset()
+        self.expiry = None  # a standby reports nothing
+
+    async def observe(self, conn: asyncpg.Connection, schema: str) -> None:
+        """Count certificates by how soon they expire (for the metrics; see telemetry)."""
+        windows = ", ".join(
+            f"count(*) filter (where not_after <= now() + interval '{days} days')"
+            for days in EXPIRY_WINDOWS_DAYS
+        )
+        row = await conn.fetchrow(
+            f"select count(*), {windows}, extract(epoch from min(not_after))::float8"
+            f' from "{schema}".endpoints'
+        )
+        self.expiry = CertificateExpiry(
+            total=row[0],
+            within_days=dict(zip(EXPIRY_WINDOWS_DAYS, row[1:-1], strict=True)),
+            next_expiry=row[-1],
+        )
 
     def ddl(self, schema: str) -> list[str]:
         return [

@@ -34,7 +34,7 @@ from services.projectors import store
 from services.projectors.projection import Projection
 from services.projectors.reader import BatchReader
 from services.storage.event_log import StoredEvent
-from services.telemetry import projector_metrics
+from services.telemetry import metrics_enabled, metrics_interval, projector_metrics
 
 log = logging.getLogger("certplane.projector")
 
@@ -174,6 +174,8 @@ class ProjectorRunner:
         self.position = await store.checkpoint(conn, self.name)
         await self.projection.reconcile(conn, schema)
         last_reconcile = last_status = time.monotonic()
+        observe = getattr(self.projection, "observe", None) if metrics_enabled() else None
+        observe_every, last_observe = metrics_interval(), 0.0
         await store.set_status(conn, self.name, self.instance, State.RUNNING.value)
         self._metrics.lag(*await store.lag(conn, self.position))
         while not stop.is_set():
@@ -188,6 +190,9 @@ class ProjectorRunner:
                 await store.set_status(conn, self.name, self.instance, self.state.value)
                 self._metrics.lag(*await store.lag(conn, self.position))
                 last_status = now
+            if observe is not None and now - last_observe > observe_every:
+                await observe(conn, schema)  # e.g. certificates counts what expires soon
+                last_observe = now
             if now - last_reconcile > self.reconcile_every and getattr(
                 self.projection, "needs_reconcile", False
             ):

@@ -4,6 +4,7 @@ pushed over OTLP/HTTP to a collector; and bad telemetry settings refused by name
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import http.server
 import re
 import socket
@@ -79,7 +80,7 @@ def test_gateway_and_projector_metrics_scraped_show_outcomes_lag_and_a_dead_lett
     ).start()  # fmt: skip
     wait_for_gateway(settings)
     projector = ServiceProcess(
-        settings, ["projector", "certificates"], tmp_path / "projector.log",
+        settings, ["projector", "certificates", "dns_targets"], tmp_path / "projector.log",
         **metrics, CERTPLANE_METRICS_PORT=str(projector_port),
     ).start()  # fmt: skip
     assert run_cli(settings, "apps:create", "demo").returncode == 0
@@ -142,6 +143,42 @@ def test_gateway_and_projector_metrics_scraped_show_outcomes_lag_and_a_dead_lett
         ),
     )
     assert "metrics for Prometheus at http://127.0.0.1:" in projector.output
+
+
+def test_certificates_expiring_soon_are_counted_by_window(
+    settings: Settings, tmp_path: Path, ca
+) -> None:
+    port = free_port()
+    metrics = {"CERTPLANE_METRICS_EXPORT": "prometheus", "CERTPLANE_METRICS_HOST": "127.0.0.1"}
+    ServiceProcess(settings, ["gateway"], tmp_path / "gateway.log").start()
+    wait_for_gateway(settings)
+    ServiceProcess(
+        settings, ["projector", "certificates", "dns_targets"], tmp_path / "projector.log",
+        **metrics, CERTPLANE_METRICS_PORT=str(port), CERTPLANE_METRICS_INTERVAL="0.3",
+    ).start()  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    for app, days in (("soon", 3), ("later", 20), ("fine", 80)):
+        leaf = ca.leaf(f"www.{app}.test", not_after=now + dt.timedelta(days=days))
+        files = ca.write(tmp_path / app, leaf)
+        assert run_cli(settings, "apps:create", app).returncode == 0
+        added = run_cli(
+            settings, "certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]),
+            "-a", app, "--bypass",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    def within(s: Samples, days: int) -> float | None:
+        return value(s, "certplane_certificates_expiring", certplane_within_days=str(days))
+
+    samples = eventually(port, lambda s: value(s, "certplane_certificates") == 3)
+    assert [within(samples, d) for d in (0, 1, 7, 30)] == [0, 0, 1, 2]
+    soonest = value(samples, "certplane_certificates_next_expiry_seconds") or 0
+    assert abs(soonest - (now + dt.timedelta(days=3)).timestamp()) < 5
+
+    removed = run_cli(settings, "certs:remove", "-a", "soon", "--confirm", "soon")
+    assert removed.returncode == 0, removed.stderr
+    samples = eventually(port, lambda s: value(s, "certplane_certificates") == 2)
+    assert [within(samples, d) for d in (0, 1, 7, 30)] == [0, 0, 0, 1]
 
 
 def test_a_router_reports_what_it_serves(
@@ -231,6 +268,8 @@ def test_otlp_carries_metrics_and_sampled_spans_to_a_collector_without_key_mater
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="100",
     ).start()  # fmt: skip
     wait_for_gateway(settings)
+    projectors = ["projector", "certificates", "dns_targets"]  # the CLI reads its writes there
+    ServiceProcess(settings, projectors, tmp_path / "projector.log").start()
     assert run_cli(settings, "apps:create", "demo").returncode == 0
     added = run_cli(
         settings,
