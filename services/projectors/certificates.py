@@ -19,6 +19,7 @@ class CertificatesProjection:
     name = "certificates"
     tables = ("apps", "domains", "endpoints")
     event_types = APP_EVENT_TYPES
+    reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
 
     def __init__(self) -> None:
         self.states = AppStates()

@@ -16,6 +16,9 @@ class Projection(Protocol):
     Contract:
     - `ddl(schema)` creates its tables inside `schema` (one schema per generation);
     - `event_types` names the event types `apply` is given (None: all of them);
+    - optional `reads_metadata = False`: its events arrive with blank metadata (no actor,
+      command or trace ids), which PostgreSQL then neither sends nor Python decodes
+      (measured: certificates' rebuild 8 % faster);
     - `apply` is called inside a transaction with the events of a dense, ordered batch of
       positions that ends at `through` (events of other types are left out, so the list
       may be empty: a projection that tells others its position uses `through`); it must only write

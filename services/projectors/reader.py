@@ -20,10 +20,18 @@ from services.projectors import store
 
 
 class BatchReader:
-    def __init__(self, conn: asyncpg.Connection, limit: int, types: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        limit: int,
+        types: frozenset[str] | None,
+        *,
+        metadata: bool = True,
+    ) -> None:
         self.conn = conn
         self.limit = limit
         self.types = types
+        self.metadata = metadata
         self._ahead: tuple[int, asyncio.Future[list[asyncpg.Record]]] | None = None
 
     async def after(self, position: int) -> list[asyncpg.Record]:
@@ -37,12 +45,14 @@ class BatchReader:
             if start == position:
                 rows = ahead
         if rows is None:
-            rows = await store.read_after(self.conn, position, limit, self.types)
+            rows = await store.read_after(self.conn, position, limit, self.types, self.metadata)
         if len(rows) == limit:
             last = rows[-1][0]
             self._ahead = (
                 last,
-                asyncio.ensure_future(store.read_after(self.conn, last, limit, self.types)),
+                asyncio.ensure_future(
+                    store.read_after(self.conn, last, limit, self.types, self.metadata)
+                ),
             )
         return rows
 

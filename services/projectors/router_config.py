@@ -58,6 +58,7 @@ class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
     event_types = APP_EVENT_TYPES
+    reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
 
     def __init__(self, master: MasterKey, router_public: bytes, kv: KeyValue | None) -> None:
         self.master = master

@@ -100,6 +100,10 @@ class ProjectorRunner:
         self._metrics.set_state(state.value)
 
     @property
+    def _metadata(self) -> bool:
+        return getattr(self.projection, "reads_metadata", True)
+
+    @property
     def name(self) -> str:
         return self.projection.name
 
@@ -143,7 +147,9 @@ class ProjectorRunner:
             reading = {**settings, "application_name": f"certplane-projector-{self.name}-reader"}
             reader = await asyncpg.connect(self.url, server_settings=reading)
             try:
-                self._reader = BatchReader(reader, self.batch_size, self.projection.event_types)
+                self._reader = BatchReader(
+                    reader, self.batch_size, self.projection.event_types, metadata=self._metadata
+                )
                 await self._lead(conn, stop)
             finally:
                 with contextlib.suppress(Exception):
@@ -281,7 +287,7 @@ class ProjectorRunner:
         position, started = 0, time.perf_counter()
         await self._reader.discard()
         types = self.projection.event_types
-        reader = BatchReader(self._reader.conn, self.rebuild_batch, types)
+        reader = BatchReader(self._reader.conn, self.rebuild_batch, types, metadata=self._metadata)
         # What a batch would publish is dropped: reconcile sends the differences after the swap,
         # and keeping it would grow with every hostname of the log.
         forget = getattr(self.projection, "forget_publications", None)

@@ -66,31 +66,36 @@ async def advance(conn: asyncpg.Connection, name: str, old: int, new: int) -> bo
     return bool(status == "UPDATE 1")
 
 
-def _read_query(types: frozenset[str] | None) -> str:
+def _read_query(types: frozenset[str] | None, metadata: bool = True) -> str:
     """Rows after a position; with `types`, the others come without data or metadata.
 
     Every position still arrives (the runner checks they are dense and checkpoints past
     them), but PostgreSQL neither sends nor does Python decode events the projection never
     looks at: four kilobytes of chain for each certificate, to a projection of DNS names.
+    Without `metadata` no row carries it (a projection that never reads who or why).
     """
-    if types is None:
-        columns = STORED_COLUMNS
-    else:
+    columns = STORED_COLUMNS
+    if not metadata:
+        columns = columns.replace(" metadata::text", " null::text")
+    if types is not None:
         wanted = "type = any($3::text[])"
-        columns = STORED_COLUMNS.replace(
-            " data::text", f" case when {wanted} then data::text end"
-        ).replace(" metadata::text", f" case when {wanted} then metadata::text end")
-        assert columns.count("case when") == 2, "STORED_COLUMNS changed shape"
+        columns = columns.replace(" data::text", f" case when {wanted} then data::text end")
+        columns = columns.replace(" metadata::text", f" case when {wanted} then metadata::text end")
+    assert columns.count(" data::text") == 1, "STORED_COLUMNS changed shape"
     return f"select {columns} from events where position > $1 order by position limit $2"
 
 
 async def read_after(
-    conn: asyncpg.Connection, position: int, limit: int, types: frozenset[str] | None = None
+    conn: asyncpg.Connection,
+    position: int,
+    limit: int,
+    types: frozenset[str] | None = None,
+    metadata: bool = True,
 ) -> list[asyncpg.Record]:
     """Raw rows: decoding is the caller's, so an undecodable event is a poison event too."""
     if types is None:
-        return list(await conn.fetch(_read_query(None), position, limit))
-    return list(await conn.fetch(_read_query(types), position, limit, sorted(types)))
+        return list(await conn.fetch(_read_query(None, metadata), position, limit))
+    return list(await conn.fetch(_read_query(types, metadata), position, limit, sorted(types)))
 
 
 def wanted(row: asyncpg.Record) -> bool:

@@ -100,6 +100,10 @@ STORED_COLUMNS = (
 )
 
 
+# What a row read without its metadata carries (a projection that declared it never reads it).
+NO_METADATA = Metadata(command_id="", actor="", correlation_id="", causation_id="")
+
+
 def stored_event(row: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
         position=row[0],
@@ -109,7 +113,7 @@ def stored_event(row: asyncpg.Record) -> StoredEvent:
         command_id=row[4],
         command_index=row[5],
         event=decode_event(row[6], row[7], row[8]),
-        metadata=METADATA_DECODER.decode(row[9]),
+        metadata=METADATA_DECODER.decode(row[9]) if row[9] is not None else NO_METADATA,
         recorded_at=row[10],
     )
 

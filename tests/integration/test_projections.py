@@ -424,3 +424,31 @@ async def test_a_poison_event_stops_each_projector_until_an_audited_skip(
     await conn.close()
     assert sorted(r[0] for r in skipped) == sorted(PROJECTIONS)
     assert {r[1] for r in skipped} == {"test@certplane"}
+
+
+async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) -> None:
+    import inspect
+
+    from services.projectors import certificates, dns_targets, router_config, store
+    from services.projectors.app_states import APP_EVENT_TYPES
+    from services.storage.event_log import NO_METADATA
+
+    await cp.command(CreateApp(app="meta"))
+    reply = await cp.command(AddDomain(app="meta", hostname="www.meta.test"))
+    conn = await asyncpg.connect(db_url)
+    try:
+        full = await store.read_after(conn, 0, 10, APP_EVENT_TYPES)
+        bare = await store.read_after(conn, 0, 10, APP_EVENT_TYPES, metadata=False)
+    finally:
+        await conn.close()
+    assert [r[0] for r in bare] == [r[0] for r in full] == list(range(1, reply.position + 1))
+    assert all(r[9] is None for r in bare) and all(r[9] is not None for r in full if r[8])
+    assert [store.decode(r).event for r in bare if r[8]] == [
+        store.decode(r).event for r in full if r[8]
+    ]
+    assert all(store.decode(r).metadata == NO_METADATA for r in bare if r[8])
+    assert {store.decode(r).metadata.actor for r in full if r[8]} == {"test@certplane"}
+    # a projection that declares it never reads metadata must not read it: it would get blanks
+    for module in (certificates, dns_targets, router_config):
+        source = inspect.getsource(module)
+        assert "reads_metadata = False" in source and ".metadata" not in source, module
