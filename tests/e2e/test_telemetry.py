@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from services.config import Settings
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.e2e.conftest import RouterProcess, ServiceProcess, Upstream, wait_for_gateway
 from tests.integration.test_projections import poison
 
@@ -181,29 +181,47 @@ def test_certificates_expiring_soon_are_counted_by_window(
     assert [within(samples, d) for d in (0, 1, 7, 30)] == [0, 0, 0, 1]
 
 
-def test_a_router_reports_what_it_serves(
-    settings: Settings, tmp_path: Path, projector_process: ServiceProcess, upstream: Upstream,
-    files: dict[str, Path],
-) -> None:  # fmt: skip
-    port = free_port()
-    RouterProcess(
-        settings, tmp_path, "router-metrics", upstream.url,
-        CERTPLANE_METRICS_EXPORT="prometheus", CERTPLANE_METRICS_HOST="127.0.0.1",
-        CERTPLANE_METRICS_PORT=str(port),
+def test_a_whole_deployment_exports_what_the_alert_rules_use(
+    settings: Settings, tmp_path: Path, upstream: Upstream, files: dict[str, Path]
+) -> None:
+    """Gateway, projectors and a router, each scraped: the router reports what it serves,
+    and every metric docs/prometheus-alerts.yaml names is one of theirs."""
+    ports = {name: free_port() for name in ("gateway", "projector", "router")}
+    metrics = {"CERTPLANE_METRICS_EXPORT": "prometheus", "CERTPLANE_METRICS_HOST": "127.0.0.1"}
+
+    def on(name: str) -> dict[str, str]:
+        return {**metrics, "CERTPLANE_METRICS_PORT": str(ports[name])}
+
+    ServiceProcess(settings, ["gateway"], tmp_path / "gateway.log", **on("gateway")).start()
+    wait_for_gateway(settings)
+    ServiceProcess(
+        settings, ["projector"], tmp_path / "projector.log",
+        **on("projector"), CERTPLANE_METRICS_INTERVAL="0.3",
     ).start()  # fmt: skip
+    RouterProcess(settings, tmp_path, "router-metrics", upstream.url, **on("router")).start()
     assert run_cli(settings, "apps:create", "demo").returncode == 0
     for host in ("www.example.com", "api.example.com"):
         assert run_cli(settings, "domains:add", host, "-a", "demo").returncode == 0
     added = run_cli(
-        settings, "certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]),
-        "-a", "demo", "--json",
+        settings, "certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]), "-a", "demo"
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    samples = eventually(port, lambda s: value(s, "certplane_router_hostnames") == 2)
+    samples = eventually(ports["router"], lambda s: value(s, "certplane_router_hostnames") == 2)
     # the log's six events: the app, two domains and their hostname claims, the certificate
     assert value(samples, "certplane_router_config_position") == 6
     assert value(samples, "certplane_router_refused") == 0
     assert value(samples, "certplane_router_connections") == 0
+
+    exported = {name for port in ports.values() for name, _ in scrape(port)}
+    eventually(ports["projector"], lambda s: ("certplane_certificates", frozenset()) in s)
+    exported |= {name for name, _ in scrape(ports["projector"])}
+    rules = (REPO / "docs" / "prometheus-alerts.yaml").read_text()
+    named = set()
+    for expr in re.findall(r"expr:\s*(?:>-)?(.*?)\n\s+(?:for|labels):", rules, re.S):
+        expr = re.sub(r"\{[^}]*\}|\bby \([^)]*\)", "", expr)  # label matchers, groupings
+        named |= set(re.findall(r"\bcertplane_[a-z_]+", expr))
+    assert len(named) >= 7, named
+    assert named <= exported, named - exported
 
 
 class Collector:
