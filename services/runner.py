@@ -3,20 +3,61 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
+import json
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from services.config import ConfigError
 from services.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 
+LOG_FORMATS = ("text", "json")
 
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("CERTPLANE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines (Loki, Elasticsearch, Cloud Logging):
+    time (RFC 3339, UTC), level, logger, message, the service and, on errors, the exception."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": self.service,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(service: str = "certplane") -> None:
+    """CERTPLANE_LOG_LEVEL (default INFO) and CERTPLANE_LOG_FORMAT (`text` or `json`)."""
+    level_name = os.environ.get("CERTPLANE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if not isinstance(logging.getLevelName(level_name), int):
+        raise ConfigError(
+            f"CERTPLANE_LOG_LEVEL={level_name!r}: choose DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    log_format = os.environ.get("CERTPLANE_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"CERTPLANE_LOG_FORMAT={log_format!r}: choose text or json (one object per line)"
+        )
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level_name, handlers=[handler])
 
 
 def tune_gc() -> None:
@@ -29,7 +70,7 @@ def tune_gc() -> None:
 
 def run_service(name: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run `body(stop)` until SIGTERM or SIGINT sets `stop`; then it drains and returns."""
-    setup_logging()
+    setup_logging(f"certplane-{name}")
     tune_gc()
     setup_tracing(name)
     setup_metrics(name)

@@ -234,7 +234,7 @@ def _wait_ready(supervisor: Supervisor, settings: Settings, ready: Path) -> dict
 
 
 def run_dev(args: argparse.Namespace) -> None:
-    setup_logging()
+    setup_logging("certplane-dev")
     state = state_dir()
     state.mkdir(parents=True, exist_ok=True)
     files = _demo_files(state)

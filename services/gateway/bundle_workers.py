@@ -322,7 +322,7 @@ def main() -> None:
     # their sockets, so a worker must not die first with jobs in hand.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging()
+    setup_logging("certplane-gateway-worker")
     tune_gc()
     _serve(socket.socket(fileno=int(sys.argv[1])))
 

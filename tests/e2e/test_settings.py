@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
 
 from services.config import Settings
 from tests.conftest import run_cli
+from tests.e2e.conftest import ServiceProcess, wait_for_gateway
 
 
 @pytest.mark.parametrize(
@@ -17,6 +20,8 @@ from tests.conftest import run_cli
         ("gateway", {"CERTPLANE_TRACE_EXPORT": "jaeger"}, ["CERTPLANE_TRACE_EXPORT", "otlp"]),
         ("projector", {"CERTPLANE_METRICS_EXPORT": "prometheus", "CERTPLANE_METRICS_PORT": "http"},
          ["CERTPLANE_METRICS_PORT", "0 picks a free one"]),
+        ("gateway", {"CERTPLANE_LOG_LEVEL": "LOUD"}, ["CERTPLANE_LOG_LEVEL", "WARNING"]),
+        ("projector", {"CERTPLANE_LOG_FORMAT": "xml"}, ["CERTPLANE_LOG_FORMAT", "json"]),
         ("gateway", {"CERTPLANE_BUNDLE_WORKERS": "many"}, ["CERTPLANE_BUNDLE_WORKERS", "auto"]),
         ("projector", {"CERTPLANE_AUDIT_SEAL_EVERY": "0"}, ["CERTPLANE_AUDIT_SEAL_EVERY", "at least 1"]),
         ("projector", {"CERTPLANE_AUDIT_SEAL_SECONDS": "soon"}, ["CERTPLANE_AUDIT_SEAL_SECONDS", "a number"]),
@@ -47,3 +52,18 @@ def test_a_metrics_port_in_use_is_refused_by_name(settings: Settings) -> None:
     assert result.returncode == 2, result.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "CERTPLANE_METRICS_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_json_logs_are_one_object_per_line(settings: Settings, tmp_path: Path) -> None:
+    gateway = ServiceProcess(
+        settings, ["gateway"], tmp_path / "gateway.log", CERTPLANE_LOG_FORMAT="json"
+    ).start()
+    wait_for_gateway(settings)
+    assert run_cli(settings, "apps:create", "demo").returncode == 0
+    assert run_cli(settings, "apps:create", "demo").returncode == 1  # logged: app_exists
+    assert gateway.stop() == 0
+    entries = [json.loads(line) for line in gateway.output.splitlines() if line.strip()]
+    assert {e["service"] for e in entries} == {"certplane-gateway"}
+    assert all(e["time"].endswith("+00:00") and e["level"] in ("INFO", "WARNING") for e in entries)
+    rejected = [e for e in entries if "rejected: app_exists" in e["message"]]
+    assert len(rejected) == 1 and rejected[0]["logger"] == "certplane.gateway", entries
