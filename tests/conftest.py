@@ -177,3 +177,11 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
         timeout=60,
         cwd=REPO,
     )
+
+
+def certs_add(
+    settings: Settings, files: dict[str, Path], app: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`certplane certs:add CHAIN CRT KEY -a APP`, with the files `DevCA.write` wrote."""
+    paths = [str(files[name]) for name in ("chain", "crt", "key")]
+    return run_cli(settings, "certs:add", *paths, "-a", app, *extra)

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from services.config import Settings
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, certs_add, run_cli
 from tests.e2e.conftest import RouterProcess, ServiceProcess, Upstream, wait_for_gateway
 from tests.integration.test_projections import poison
 
@@ -161,10 +161,7 @@ def test_certificates_expiring_soon_are_counted_by_window(
         leaf = ca.leaf(f"www.{app}.test", not_after=now + dt.timedelta(days=days))
         files = ca.write(tmp_path / app, leaf)
         assert run_cli(settings, "apps:create", app).returncode == 0
-        added = run_cli(
-            settings, "certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]),
-            "-a", app, "--bypass",
-        )  # fmt: skip
+        added = certs_add(settings, files, app, "--bypass")
         assert added.returncode == 0, added.stderr
 
     def within(s: Samples, days: int) -> float | None:
@@ -202,9 +199,7 @@ def test_a_whole_deployment_exports_what_the_alert_rules_use(
     assert run_cli(settings, "apps:create", "demo").returncode == 0
     for host in ("www.example.com", "api.example.com"):
         assert run_cli(settings, "domains:add", host, "-a", "demo").returncode == 0
-    added = run_cli(
-        settings, "certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]), "-a", "demo"
-    )  # fmt: skip
+    added = certs_add(settings, files, "demo")
     assert added.returncode == 0, added.stderr
     samples = eventually(ports["router"], lambda s: value(s, "certplane_router_hostnames") == 2)
     # the log's six events: the app, two domains and their hostname claims, the certificate
@@ -289,16 +284,7 @@ def test_otlp_carries_metrics_and_sampled_spans_to_a_collector_without_key_mater
     projectors = ["projector", "certificates", "dns_targets"]  # the CLI reads its writes there
     ServiceProcess(settings, projectors, tmp_path / "projector.log").start()
     assert run_cli(settings, "apps:create", "demo").returncode == 0
-    added = run_cli(
-        settings,
-        "certs:add",
-        str(files["chain"]),
-        str(files["crt"]),
-        str(files["key"]),
-        "-a",
-        "demo",
-        "--bypass",
-    )
+    added = certs_add(settings, files, "demo", "--bypass")
     assert added.returncode == 0, added.stderr
     deadline = time.monotonic() + 20
     while not (
