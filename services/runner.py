@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from services.config import ConfigError
+from services.health import serve_health
 from services.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 
 LOG_FORMATS = ("text", "json")
@@ -80,7 +81,12 @@ def run_service(name: str, body: Callable[[asyncio.Event], Awaitable[None]]) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await body(stop)
+        probes = await serve_health()
+        try:
+            await body(stop)
+        finally:
+            if probes is not None:
+                probes.close()
 
     try:
         asyncio.run(main())

@@ -26,6 +26,7 @@ from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
+from services.health import add_readiness_check
 from services.storage.database import service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
@@ -84,8 +85,14 @@ class Gateway:
             self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query
         )
         await self.nc.flush()
+        add_readiness_check(self._not_ready)
         log.info("gateway ready on %s (prefix %s)", s.nats_url, s.prefix)
         return self
+
+    def _not_ready(self) -> str | None:
+        if self.nc is None or not self.nc.is_connected:
+            return "the gateway is not connected to NATS: commands cannot reach it"
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):

@@ -13,15 +13,16 @@ from events.codec import encode
 from events.replies import RebuildStarted
 from services.audit.keys import load_signing_key
 from services.bus import connect_nats
-from services.config import Settings
+from services.config import ConfigError, Settings
 from services.domain.writer_mac import writer_key
 from services.gateway.key_custody import load_master_key
+from services.health import add_readiness_check
 from services.projectors.audit import AuditProjection
 from services.projectors.certificates import CertificatesProjection
 from services.projectors.dns_targets import DnsTargetsProjection
 from services.projectors.projection import Projection
 from services.projectors.router_config import RouterConfigProjection
-from services.projectors.runner import ProjectorRunner
+from services.projectors.runner import ProjectorRunner, State
 from services.projectors.sealer import SealerProjection
 from services.router_key import router_public_key
 from services.subjects import Subjects
@@ -84,7 +85,7 @@ def build(name: str, settings: Settings, kv: object, nc: NATS | None = None) -> 
 async def run_projectors(settings: Settings, names: list[str], stop: asyncio.Event) -> None:
     unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown projection(s) {', '.join(unknown)}: choose from {', '.join(NAMES)}"
         )
     chosen = names or list(NAMES)
@@ -100,6 +101,12 @@ async def run_projectors(settings: Settings, names: list[str], stop: asyncio.Eve
         subjects = Subjects(settings.prefix)
         for runner in runners:
             await nc.subscribe(subjects.rebuild(runner.name), cb=_rebuild_handler(runner))
+        add_readiness_check(
+            lambda: (
+                "; ".join(f"projection {r.name} failed" for r in runners if r.state is State.FAILED)
+                or None
+            )
+        )
         log.info("projectors starting: %s", ", ".join(chosen))
         await asyncio.gather(*(r.run(stop) for r in runners))
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 from events.router import RouterState, RouterStatus
 from services.bus import connect_nats
 from services.config import Settings
+from services.health import add_readiness_check
 from services.router.challenges import Challenges, NoChallenges
 from services.router.config_watch import ConfigWatcher
 from services.router.material import MaterialLoader
@@ -122,6 +123,15 @@ class Router:
             )
             watcher_ref.append(self.watcher)
             watcher = self.watcher
+            add_readiness_check(
+                lambda: (
+                    "draining: finishing requests in flight before it stops"
+                    if self.connections.draining
+                    else None
+                    if watcher.synced.is_set()
+                    else "the first full config from ROUTER_CONFIG is not applied yet"
+                )
+            )
             router_metrics(
                 lambda: watcher.position if watcher.synced.is_set() else 0,
                 lambda: len(self.table),
