@@ -30,6 +30,7 @@ from services.config import Settings, state_dir
 from services.devcerts import DevCA
 from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
+from services.health import health_port
 from services.projectors.service import PROCESS_GROUPS
 from services.router_key import load_router_private_key
 from services.runner import setup_logging
@@ -127,18 +128,22 @@ def _exports(settings: Settings) -> list[str]:
     return lines
 
 
-def _metrics_ports(children: list[Child]) -> list[str]:
-    """With Prometheus metrics on, one port per child from CERTPLANE_METRICS_PORT up (each
-    process serves its own /metrics); the lines that say where."""
-    if "prometheus" not in exporters("CERTPLANE_METRICS_EXPORT", METRIC_EXPORTERS):
-        return []
-    base = metrics_port()
+def _ports_per_child(children: list[Child]) -> list[str]:
+    """With Prometheus metrics or health probes on, one port per child for each, counting up
+    from CERTPLANE_METRICS_PORT / CERTPLANE_HEALTH_PORT (every process serves its own); the
+    lines that say where."""
+    wanted = []
+    if "prometheus" in exporters("CERTPLANE_METRICS_EXPORT", METRIC_EXPORTERS):
+        wanted.append(("CERTPLANE_METRICS_PORT", metrics_port(), "metrics", "/metrics"))
+    if (probes := health_port()) is not None:
+        wanted.append(("CERTPLANE_HEALTH_PORT", probes, "probes", "/readyz"))
     lines = []
-    for offset, child in enumerate(children):
-        port = base + offset if base else 0
-        child.env["CERTPLANE_METRICS_PORT"] = str(port)
-        where = f"http://127.0.0.1:{port}/metrics" if port else "a free port (see its log)"
-        lines.append(f"  metrics    {where}  ({child.name})")
+    for variable, base, label, path in wanted:
+        for offset, child in enumerate(children):
+            port = base + offset if base else 0
+            child.env[variable] = str(port)
+            where = f"http://127.0.0.1:{port}{path}" if port else "a free port (see its log)"
+            lines.append(f"  {label:10s} {where}  ({child.name})")
     return lines
 
 
@@ -261,7 +266,7 @@ def run_dev(args: argparse.Namespace) -> None:
                              str(args.http_port), "--upstream", "*=echo", "--ready-file",
                              str(ready)]),
         ]  # fmt: skip
-        metrics = _metrics_ports(children)
+        metrics = _ports_per_child(children)
         stop = {"now": False}
 
         def on_signal(*_: object) -> None:
