@@ -49,6 +49,7 @@ from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
 from services.domain.naming import validate_app_name
 from services.domain.x509_bundle import matching_key, order_chain, split_material
+from services.projectors.names import NAMES
 from services.subjects import router_id_token
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -64,14 +65,19 @@ def _fail(code: int, message: str) -> NoReturn:
     raise SystemExit(code)
 
 
-def _app(args: argparse.Namespace) -> str:
-    app = getattr(args, "app", None) or os.environ.get("CERTPLANE_APP")
+def _app(args: argparse.Namespace, name: str | None = None) -> str:
+    """The app a command is about: `name` (apps:create NAME), -a/--app or CERTPLANE_APP.
+
+    Checked here, as the gateway would refuse it, because the name becomes a token of the
+    NATS subject, and a space or a wildcard in it is not a subject NATS can carry.
+    """
+    app = name or getattr(args, "app", None) or os.environ.get("CERTPLANE_APP")
     if not app:
         raise UsageError("No app specified: pass -a APP (or --app APP), or set CERTPLANE_APP.")
     try:
         return validate_app_name(app)
     except RejectedError as e:
-        _fail(EXIT_REJECTED, e.message)
+        _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
 
 
 def _read(path: str) -> bytes:
@@ -184,7 +190,7 @@ async def _maybe_wait(cp: ControlPlane, args: argparse.Namespace, position: int)
 
 
 async def apps_create(args: argparse.Namespace) -> None:
-    app = args.name or _app(args)
+    app = _app(args, args.name)
     await _change(args, f"Creating {app}", CreateApp(app=app))
 
 
@@ -201,7 +207,7 @@ async def apps_list(args: argparse.Namespace) -> None:
 
 
 async def apps_destroy(args: argparse.Namespace) -> None:
-    app = args.name or _app(args)
+    app = _app(args, args.name)
     _confirm(args, app, "command will permanently destroy the app")
     await _change(
         args, f"Destroying {app} (including all domains and certificates)", DestroyApp(app=app)
@@ -778,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(
         sub, "projections:skip", projections_skip, "skip a dead-lettered event (audited)", app=False
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", choices=NAMES)
     p.add_argument("position", metavar="POSITION", type=int)
     p.add_argument("--reason", required=True, help="why it may be skipped (kept in the audit log)")
     p = _add(
@@ -788,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild a projection from position 0",
         app=False,
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", choices=NAMES)
     p = _add(sub, "audit:log", audit_log, "what happened to an app, when, and who did it")
     p.add_argument("--since", help="ISO 8601 time")
     p.add_argument("--until", help="ISO 8601 time")

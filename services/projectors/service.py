@@ -20,6 +20,7 @@ from services.health import add_readiness_check
 from services.projectors.audit import AuditProjection
 from services.projectors.certificates import CertificatesProjection
 from services.projectors.dns_targets import DnsTargetsProjection
+from services.projectors.names import NAMES
 from services.projectors.projection import Projection
 from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner, State
@@ -29,7 +30,6 @@ from services.subjects import Subjects
 
 log = logging.getLogger("certplane.projector")
 
-NAMES = ("certificates", "dns_targets", "router_config", "audit", "sealer")
 
 # How to spread the projectors over processes when latency matters (`certplane dev`,
 # compose.yaml): router_config alone, the rest together. In one process they share one core,

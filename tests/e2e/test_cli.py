@@ -104,6 +104,15 @@ def test_refusals_exit_1_and_say_what_to_do(
     result = run_cli(settings, "domains:add", "www.example.com", "-a", "nope")
     assert result.returncode == 1 and "apps:create nope" in result.stderr
 
+    # App names become NATS subject tokens: a space or a wildcard must be refused as a name,
+    # not end in a traceback from the NATS client.
+    for bad in ("Bad Name", "shop.>", "*"):
+        for args in (("apps:create", bad), ("domains", "-a", bad)):
+            result = run_cli(settings, *args)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "invalid_app_name" in result.stderr and repr(bad) in result.stderr
+            assert "Traceback" not in result.stderr
+
 
 def test_der_crlf_and_unicode_input(settings, projector_process, ca: DevCA, tmp_path: Path) -> None:
     ok(settings, "apps:create", "shop")
@@ -126,6 +135,12 @@ def test_usage_errors_exit_2(settings, gateway_process) -> None:
     assert result.returncode == 2 and "No app specified" in result.stderr
     result = run_cli(settings, "certs:frobnicate")
     assert result.returncode == 2
+    for command in (
+        ("projections:rebuild", "no such"),
+        ("projections:skip", "x", "5", "--reason", "r"),
+    ):
+        result = run_cli(settings, *command)
+        assert result.returncode == 2 and "choose from 'certificates'" in result.stderr
 
 
 def test_unreachable_control_plane_exits_3_naming_the_url(settings) -> None:
