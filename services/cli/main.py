@@ -539,12 +539,14 @@ async def audit_log(args: argparse.Namespace) -> None:
     if args.json:
         output.print_json(view.entries)
         return
+    # Summary last: a certificate's runs to 200 characters, and padding every other row to
+    # it made the table as wide as its longest line.
     rows = [
-        [output.when(e.recorded_at), e.actor, e.action, e.object, e.summary, str(e.position)]
+        [str(e.position), output.when(e.recorded_at), e.actor, e.action, e.object, e.summary]
         for e in view.entries
     ]
     print(f"=== {app} audit log")
-    print(output.table(["When", "Actor", "Action", "Object", "Summary", "Position"], rows))
+    print(output.table(["Position", "When", "Actor", "Action", "Object", "Summary"], rows))
 
 
 # -- services -----------------------------------------------------------------------------

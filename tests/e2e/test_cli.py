@@ -60,6 +60,8 @@ def test_a_whole_session_reads_like_heroku(settings, projector_process, files) -
     assert f"DNS Target:      {target}" in info
     log = ok(settings, "audit:log", "-a", "shop").stdout
     assert "certificate added" in log and "domain added" in log
+    short = [line for line in log.splitlines() if "domain added" in line]
+    assert short and all(len(line) < 120 for line in short), "padded to the longest summary"
 
     refused = run_cli(settings, "certs:update", str(files["crt"]), str(files["key"]), "-a", "shop")
     assert refused.returncode == 1 and "--confirm shop" in refused.stderr
