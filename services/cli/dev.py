@@ -123,6 +123,12 @@ def _exports(settings: Settings) -> list[str]:
     wanted = ("CERTPLANE_NATS_URL", "CERTPLANE_PREFIX", "CERTPLANE_ROUTER_STATUS_STREAM")
     env = settings.environment()
     lines = [f"  export {k}={shlex.quote(env[k])}" for k in wanted if env[k] != defaults[k]]
+    # The audit:* commands read the log itself (auditors need no gateway), so they need it.
+    url = env["CERTPLANE_DATABASE_URL"]
+    if url != defaults["CERTPLANE_DATABASE_URL"]:
+        shown = redact(url)
+        note = "  # its password left out: use yours" if shown != url else ""
+        lines.append(f"  export CERTPLANE_DATABASE_URL={shlex.quote(shown)}{note}")
     if os.environ.get("CERTPLANE_STATE_DIR"):
         lines.append(f"  export CERTPLANE_STATE_DIR={shlex.quote(str(state_dir()))}")
     return lines

@@ -1,4 +1,5 @@
-"""`certplane dev` runs several services on one host: each gets its own metrics and probe port."""
+"""`certplane dev` runs several services on one host: each gets its own metrics and probe port,
+and the banner tells another terminal how to reach them."""
 
 from __future__ import annotations
 
@@ -41,3 +42,16 @@ def test_port_0_lets_every_child_pick_a_free_one(monkeypatch: pytest.MonkeyPatch
     kids = children()
     assert all("a free port" in line for line in _ports_per_child(kids))
     assert {k.env["CERTPLANE_METRICS_PORT"] for k in kids} == {"0"}
+
+
+def test_the_banner_exports_what_the_audit_commands_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cli.dev import _exports
+    from services.config import Settings
+
+    monkeypatch.delenv("CERTPLANE_STATE_DIR", raising=False)
+    url = "postgresql://postgres@127.0.0.1:5432/elsewhere"
+    assert f"  export CERTPLANE_DATABASE_URL={url}" in _exports(Settings(database_url=url))
+    secret = _exports(Settings(database_url="postgresql://app:hunter2@db:5432/x"))
+    assert not any("hunter2" in line for line in secret)
+    assert any("app:***@db" in line for line in secret)
+    assert not any("DATABASE_URL" in line for line in _exports(Settings()))
