@@ -59,7 +59,7 @@ class Settings:
             master_key=e.get("CERTPLANE_MASTER_KEY", ""),
             master_key_file=Path(e.get("CERTPLANE_MASTER_KEY_FILE") or state_dir() / "master.key"),
             extra_ca_file=e.get("CERTPLANE_EXTRA_CA_FILE", ""),
-            trust_system_store=e.get("CERTPLANE_TRUST_SYSTEM_STORE", "1") != "0",
+            trust_system_store=_flag(e, "CERTPLANE_TRUST_SYSTEM_STORE", True),
             router_bucket=e.get("CERTPLANE_ROUTER_BUCKET", "ROUTER_CONFIG"),
             router_status_stream=e.get("CERTPLANE_ROUTER_STATUS_STREAM", "ROUTER_STATUS"),
             dns_zone=e.get("CERTPLANE_DNS_ZONE", "certplanedns.example"),
@@ -116,6 +116,17 @@ def _number(
         what = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{name}={text!r}: give {what} of at least {minimum} (default {default})")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={text!r}: give 1 or 0 (also true/false, yes/no, on/off)")
 
 
 def _workers(text: str) -> int:

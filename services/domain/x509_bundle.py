@@ -14,10 +14,8 @@ import functools
 import itertools
 import math
 import re
-import ssl
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
@@ -69,21 +67,11 @@ class TrustStore:
         self._store = Store(roots) if roots else None
 
     @classmethod
-    def from_files(cls, *paths: str | Path, include_system: bool = True) -> TrustStore:
-        """Load PEM bundles; the system store comes from OpenSSL's default CA file."""
-        files = [Path(p) for p in paths if p]
-        if include_system:
-            files.insert(
-                0,
-                Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"),
-            )
-        roots: list[x509.Certificate] = []
-        for path in files:
-            if path.is_file():
-                with warnings.catch_warnings():  # some system roots predate RFC 5280's rules
-                    warnings.simplefilter("ignore")
-                    roots.extend(x509.load_pem_x509_certificates(path.read_bytes()))
-        return cls(roots)
+    def from_der(cls, roots: list[bytes]) -> TrustStore:
+        """Roots as DER (as a gateway hands them to its bundle workers)."""
+        with warnings.catch_warnings():  # some system roots predate RFC 5280's rules
+            warnings.simplefilter("ignore")
+            return cls([x509.load_der_x509_certificate(r) for r in roots])
 
     def reaches_root(
         self, chain: list[x509.Certificate], name: str | None, now: dt.datetime
@@ -97,6 +85,27 @@ class TrustStore:
         except VerificationError:
             return False
         return True
+
+
+def pem_roots(pem: bytes) -> tuple[list[x509.Certificate], list[int]]:
+    """The certificates of a PEM bundle, one block at a time, and the (1-based) numbers of
+    the blocks that do not parse.
+
+    Block by block, so that one root the library will not load (the system store has roots
+    older than RFC 5280's rules, which cryptography warns about now and will refuse later)
+    costs that root, not the whole store.
+    """
+    roots: list[x509.Certificate] = []
+    bad: list[int] = []
+    certificates = [whole for label, _, whole in pem_blocks(pem) if label == b"CERTIFICATE"]
+    for number, block in enumerate(certificates, 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                roots.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                bad.append(number)
+    return roots, bad
 
 
 def split_material(files: list[bytes]) -> Material:

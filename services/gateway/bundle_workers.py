@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 import msgspec
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from events.endpoint import CertificateFacts, EncryptedKey, SealedKey
@@ -289,7 +288,7 @@ def _serve(sock: socket.socket) -> None:
     init = _TO_WORKER.decode(first)
     assert isinstance(init, _Init)
     master = MasterKey(init.master_secret)
-    trust = TrustStore([x509.load_der_x509_certificate(r) for r in init.roots])
+    trust = TrustStore.from_der(init.roots)
     custody = KeyCustody(master, trust)
     while (frame := read_frame()) is not None:
         job = _TO_WORKER.decode(frame)

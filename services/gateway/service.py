@@ -19,13 +19,13 @@ from services.bus import connect_nats
 from services.config import Settings
 from services.domain.errors import Rejected as RejectedError
 from services.domain.writer_mac import writer_key
-from services.domain.x509_bundle import TrustStore
 from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
 from services.gateway.coherence import announcements, appended_events, read_announcement
 from services.gateway.group_commit import GroupCommitter
 from services.gateway.handler import CommandHandler, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
+from services.gateway.trust import load_trust_store
 from services.health import add_readiness_check
 from services.storage.database import service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
@@ -52,10 +52,7 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         s = self.settings
         master = load_master_key(s)
-        extra = [s.extra_ca_file] if s.extra_ca_file else []
-        self.custody = KeyCustody(
-            master, TrustStore.from_files(*extra, include_system=s.trust_system_store)
-        )
+        self.custody = KeyCustody(master, load_trust_store(s))
         count = default_count() if s.bundle_workers < 0 else s.bundle_workers
         self.bundles = BundleWorkers(self.custody, master, count)
         self._stack.push_async_callback(self.bundles.close)

@@ -27,6 +27,11 @@ from tests.e2e.conftest import ServiceProcess, wait_for_gateway
         ("projector", {"CERTPLANE_AUDIT_SEAL_SECONDS": "soon"}, ["CERTPLANE_AUDIT_SEAL_SECONDS", "a number"]),
         ("gateway", {"CERTPLANE_MASTER_KEY": "", "CERTPLANE_MASTER_KEY_FILE": "/nonexistent/master.key"},
          ["no master key", "CERTPLANE_MASTER_KEY"]),
+        ("gateway", {"CERTPLANE_TRUST_SYSTEM_STORE": "nein"}, ["CERTPLANE_TRUST_SYSTEM_STORE", "1 or 0"]),
+        ("gateway", {"CERTPLANE_EXTRA_CA_FILE": "/nonexistent/ca.pem"},
+         ["CERTPLANE_EXTRA_CA_FILE", "/nonexistent/ca.pem", "cannot be read"]),
+        ("gateway", {"CERTPLANE_EXTRA_CA_FILE": str(Path(__file__))},
+         ["CERTPLANE_EXTRA_CA_FILE", "holds no PEM certificate"]),
     ],
 )  # fmt: skip
 def test_a_bad_setting_exits_2_naming_it_without_a_traceback(
@@ -36,6 +41,19 @@ def test_a_bad_setting_exits_2_naming_it_without_a_traceback(
     result = run_cli(settings, service, *args, **env)
     assert result.returncode == 2, result.stderr
     assert all(name in result.stderr for name in names), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_extra_ca_file_with_a_broken_certificate_is_refused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    good = Path(settings.extra_ca_file).read_text()
+    broken = good.replace("MII", "MIX", 1)  # the DER inside no longer parses
+    bundle = tmp_path / "roots.pem"
+    bundle.write_text(good + broken)
+    result = run_cli(settings, "gateway", CERTPLANE_EXTRA_CA_FILE=str(bundle))
+    assert result.returncode == 2, result.stderr
+    assert f"certificate 2 of {bundle} does not parse" in result.stderr
     assert "Traceback" not in result.stderr
 
 

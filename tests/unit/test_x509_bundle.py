@@ -19,6 +19,7 @@ from services.domain.x509_bundle import (
     inspect_bundle,
     matching_key,
     pem_blocks,
+    pem_roots,
     split_material,
 )
 
@@ -281,3 +282,22 @@ def test_pem_blocks_reads_real_files_with_crlf_and_text_around_them(ca, leaf) ->
     blocks = pem_blocks(data.replace(b"\r\n", b"\n"))
     assert [label for label, _, _ in blocks] == [b"CERTIFICATE", b"CERTIFICATE", b"PRIVATE KEY"]
     assert blocks[2][2] + b"\n" == leaf.key_pem
+
+
+def test_pem_roots_loads_each_certificate_and_names_the_ones_that_do_not_parse(ca) -> None:
+    good = ca.root.cert_pem + ca.intermediate.cert_pem.replace(b"\n", b"\r\n")
+    broken = ca.root.cert_pem.replace(b"MII", b"MIX", 1)
+    roots, bad = pem_roots(b"# a comment\n" + good + broken + b"trailing text\n")
+    assert roots == [ca.root.cert, ca.intermediate.cert] and bad == [3]
+    assert pem_roots(b"no certificates here") == ([], [])
+
+
+def test_the_system_store_loads_without_warnings(recwarn: pytest.WarningsRecorder) -> None:
+    import ssl
+    from pathlib import Path
+
+    store = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    if not store.is_file():
+        pytest.skip(f"no system trust store at {store}")
+    roots, _ = pem_roots(store.read_bytes())
+    assert len(roots) > 50 and not recwarn.list
