@@ -41,16 +41,16 @@ def leaf(ca: DevCA):
     return ca.leaf("www.example.com", "example.com")
 
 
-def test_orders_a_shuffled_chain_leaf_first_and_drops_duplicates(ca, leaf, trust) -> None:
+def test_orders_a_shuffled_chain_leaf_first_and_drops_duplicates_and_the_root(
+    ca, leaf, trust
+) -> None:
     files = [ca.root.cert_pem, ca.intermediate.cert_pem, leaf.cert_pem, ca.intermediate.cert_pem]
     bundle = inspect_bundle(files, leaf.key_pem, now=NOW, trust=trust)
-    fps = bundle.facts.chain_fingerprints
-    assert len(fps) == 3
-    assert bundle.chain_pem.startswith(leaf.cert_pem.decode())
-    assert bundle.chain_pem.index(ca.intermediate.cert_pem.decode()) < bundle.chain_pem.index(
-        ca.root.cert_pem.decode()
-    )
+    assert bundle.chain_pem == (leaf.cert_pem + ca.intermediate.cert_pem).decode()
+    assert len(bundle.facts.chain_fingerprints) == 2
     assert bundle.facts.trusted and not bundle.facts.self_signed
+    untrusted = inspect_bundle(files, leaf.key_pem, now=NOW, trust=TrustStore([]))
+    assert untrusted.chain_pem == bundle.chain_pem and not untrusted.facts.trusted
     assert bundle.facts.sans == ["www.example.com", "example.com"]
     assert bundle.facts.key_type == "EC secp256r1" and bundle.facts.key_bits == 256
 
