@@ -453,9 +453,8 @@ def add_commands(sub: argparse._SubParsersAction, add: object) -> None:  # type:
         sub,
         "audit:prove",
         audit_prove,
-        "an inclusion proof of an event in a checkpoint",
+        "an inclusion proof of an event in a checkpoint (JSON, with or without --json)",
         app=False,
-        json=False,
     )  # type: ignore[operator]
     p.add_argument("position", type=int, metavar="POSITION")
     p.add_argument("--checkpoint", required=True, metavar="FILE")

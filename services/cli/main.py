@@ -48,7 +48,7 @@ from services.domain.errors import Rejected as RejectedError
 from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
 from services.domain.naming import validate_app_name
-from services.domain.x509_bundle import matching_key, order_chain, split_material
+from services.domain.x509_bundle import matching_key, one_line_name, order_chain, split_material
 from services.projectors.names import NAMES
 from services.subjects import router_id_token
 
@@ -410,6 +410,7 @@ async def certs_remove(args: argparse.Namespace) -> None:
 
 def certs_chain(args: argparse.Namespace) -> None:
     from cryptography import x509
+    from cryptography.hazmat.primitives.hashes import SHA256
     from cryptography.hazmat.primitives.serialization import Encoding
 
     try:
@@ -419,6 +420,14 @@ def certs_chain(args: argparse.Namespace) -> None:
         chain = order_chain([x509.load_der_x509_certificate(c) for c in material.certificates])
     except RejectedError as e:
         _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
+    if args.json:
+        output.print_json([
+            {"subject": one_line_name(c.subject), "issuer": one_line_name(c.issuer),
+             "not_after": c.not_valid_after_utc, "fingerprint_sha256": c.fingerprint(SHA256()).hex(),
+             "pem": c.public_bytes(Encoding.PEM).decode()}
+            for c in chain
+        ])  # fmt: skip
+        return
     sys.stdout.write("".join(c.public_bytes(Encoding.PEM).decode() for c in chain))
 
 
@@ -429,6 +438,9 @@ def certs_key(args: argparse.Namespace) -> None:
         _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
     if index is None:
         _fail(EXIT_REJECTED, f"None of {', '.join(args.keys)} matches {args.crt}.")
+    if args.json:
+        output.print_json({"certificate": args.crt, "key": args.keys[index]})
+        return
     print(args.keys[index])
 
 
@@ -762,7 +774,6 @@ def build_parser() -> argparse.ArgumentParser:
         certs_chain,
         "print certificates in chain order (local)",
         app=False,
-        json=False,
     )
     p.add_argument("files", nargs="+", metavar="FILE")
     p = _add(
@@ -771,7 +782,6 @@ def build_parser() -> argparse.ArgumentParser:
         certs_key,
         "say which key file matches a certificate (local)",
         app=False,
-        json=False,
     )
     p.add_argument("crt", metavar="CRT")
     p.add_argument("keys", nargs="+", metavar="KEY")

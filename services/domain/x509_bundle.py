@@ -363,7 +363,7 @@ def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
         return None
 
 
-def _dn(name: x509.Name) -> str:
+def one_line_name(name: x509.Name) -> str:
     """OpenSSL's one-line form, as Heroku prints it: /C=US/O=Example/CN=www.example.com."""
     parts = []
     for rdn in name.rdns:
@@ -449,10 +449,10 @@ def _order(
     if rest:
         stray = rest[0]
         raise ChainIncomplete(
-            f"The certificate {_dn(stray.subject)!r} does not link to the chain of "
-            f"{_dn(first.subject)!r}: pass only the leaf and the intermediates that issued it "
+            f"The certificate {one_line_name(stray.subject)!r} does not link to the chain of "
+            f"{one_line_name(first.subject)!r}: pass only the leaf and the intermediates that issued it "
             "(check with `certplane certs:chain FILES...`).",
-            subject=_dn(stray.subject),
+            subject=one_line_name(stray.subject),
         )
     return chain
 
@@ -516,10 +516,10 @@ def _check_signatures(chain: list[_Parsed]) -> None:
     for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
             raise ChainIncomplete(
-                f"The certificate {_dn(child.subject)!r} names {_dn(parent.subject)!r} as its "
+                f"The certificate {one_line_name(child.subject)!r} names {one_line_name(parent.subject)!r} as its "
                 "issuer, but its signature does not verify with that certificate's key: one of "
                 "them is not the one the authority sent. Download the chain again.",
-                subject=_dn(child.subject),
+                subject=one_line_name(child.subject),
             )
 
 
@@ -555,8 +555,8 @@ def _facts(
     if name is None and sans:
         name = "x" + sans[0][1:]  # a wildcard SAN is checked through one name it covers
     return CertificateFacts(
-        subject=_dn(parsed.subject),
-        issuer=_dn(parsed.issuer),
+        subject=one_line_name(parsed.subject),
+        issuer=one_line_name(parsed.issuer),
         common_name=_common_name(parsed.subject),
         sans=sans,
         not_before=leaf.not_valid_before_utc,

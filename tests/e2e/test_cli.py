@@ -169,3 +169,17 @@ def test_local_helpers_order_a_chain_and_find_the_key(
     assert result.returncode == 0 and result.stdout.strip() == str(files["key"])
     result = run_cli(settings, "certs:key", str(files["crt"]), str(other))
     assert result.returncode == 1
+
+    files_in_any_order = (str(files["chain"]), str(files["ca"]), str(files["crt"]))
+    listed = json.loads(ok(settings, "certs:chain", *files_in_any_order, "--json").stdout)
+    assert listed[0]["subject"].endswith("CN=www.example.com")
+    assert [e["pem"] for e in listed] == [
+        c.public_bytes(serialization.Encoding.PEM).decode() for c in chain
+    ]
+    assert (
+        listed[0]["issuer"] == listed[1]["subject"] and len(listed[0]["fingerprint_sha256"]) == 64
+    )
+    found = json.loads(
+        ok(settings, "certs:key", str(files["crt"]), str(other), str(files["key"]), "--json").stdout
+    )
+    assert found == {"certificate": str(files["crt"]), "key": str(files["key"])}
