@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,21 @@ class ConfigError(ValueError):
 
 class MissingKeyFile(ConfigError, FileNotFoundError):
     """A key file this process needs is absent and must not be created here."""
+
+
+def redact(url: str) -> str:
+    """The URL as messages, logs and banners show it: without its password, and without a
+    NATS token (`nats://TOKEN@host`, the user part when there is no password)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    name, colon, _ = userinfo.partition(":")
+    if colon:
+        user = f"{name}:***"
+    else:
+        user = "***" if parts.scheme in ("nats", "tls", "ws", "wss") else name
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def state_dir() -> Path:

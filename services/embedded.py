@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.config import Settings
+from services.config import Settings, redact
 
 log = logging.getLogger("certplane.embedded")
 
@@ -146,7 +146,7 @@ def servers_for(settings: Settings, state: Path, *, say: bool = True) -> Iterato
             url = pg.start(database)
             if say:
                 print(
-                    f"PostgreSQL: none at {settings.database_url}; started an embedded one ({url})",
+                    f"PostgreSQL: none at {redact(settings.database_url)}; started an embedded one ({url})",
                     flush=True,
                 )
             settings = dataclasses.replace(settings, database_url=url)
@@ -162,7 +162,7 @@ def servers_for(settings: Settings, state: Path, *, say: bool = True) -> Iterato
             url = nats_server.start()
             if say:
                 print(
-                    f"NATS: none at {settings.nats_url}; started an embedded one ({url})",
+                    f"NATS: none at {redact(settings.nats_url)}; started an embedded one ({url})",
                     flush=True,
                 )
             settings = dataclasses.replace(settings, nats_url=url)

@@ -43,12 +43,11 @@ from services.audit.verify import (
     verify_rows,
 )
 from services.cli import output
-from services.config import Settings
+from services.config import Settings, redact
 from services.domain.dns_target import render
 from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
 from services.domain.tree_head import key_id, signature_problem
-from services.storage.database import redact
 
 EXIT_BAD, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 

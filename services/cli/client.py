@@ -16,6 +16,7 @@ import nats.errors
 from events.base import Command
 from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
 from events.replies import Accepted, GatewayKey, QueryParams, Rejected
+from services.config import redact
 from services.domain.errors import Unavailable
 from services.subjects import NON_APP, Subjects
 from services.telemetry import new_traceparent
@@ -41,6 +42,7 @@ class ControlPlane:
         retries: int = RETRIES,
     ) -> None:
         self.url = url
+        self.shown = redact(url)  # what messages name: no password or token
         self.timeout, self.retries = timeout, retries
         self.subjects = Subjects(prefix)
         self.actor = actor or default_actor()
@@ -65,7 +67,7 @@ class ControlPlane:
             )
         except Exception as e:
             raise Unavailable(
-                f"cannot reach NATS at {self.url}: {e or type(e).__name__}", url=self.url
+                f"cannot reach NATS at {self.shown}: {e or type(e).__name__}", url=self.shown
             ) from e
         return self
 
@@ -79,7 +81,7 @@ class ControlPlane:
             )
         except (OSError, TimeoutError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-            raise Unavailable(f"cannot reach NATS at {self.url}: {reason}", url=self.url) from e
+            raise Unavailable(f"cannot reach NATS at {self.shown}: {reason}", url=self.shown) from e
         writer.close()
 
     @property
@@ -103,14 +105,14 @@ class ControlPlane:
                 return bytes(msg.data)
             except nats.errors.NoRespondersError as e:
                 raise Unavailable(
-                    f"no certplane gateway is answering on {self.url} (prefix "
+                    f"no certplane gateway is answering on {self.shown} (prefix "
                     f"{self.subjects.prefix!r}): start one with `certplane gateway` or `certplane dev`",
-                    url=self.url,
+                    url=self.shown,
                 ) from e
             except (nats.errors.TimeoutError, TimeoutError) as e:
                 last = e
         raise Unavailable(
-            f"the gateway at {self.url} did not answer in time", url=self.url
+            f"the gateway at {self.shown} did not answer in time", url=self.shown
         ) from last
 
     async def command(
@@ -135,7 +137,7 @@ class ControlPlane:
         try:
             msg = await self._nc.request(subject, payload, timeout=wait)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as e:
-            raise Unavailable(f"nothing answered on {subject}", url=self.url) from e
+            raise Unavailable(f"nothing answered on {subject}", url=self.shown) from e
         return bytes(msg.data)
 
     async def gateway_key(self) -> GatewayKey:

@@ -26,7 +26,7 @@ from typing import Any
 
 from services.audit.keys import load_signing_key
 from services.cli.client import ControlPlane
-from services.config import Settings, state_dir
+from services.config import Settings, redact, state_dir
 from services.devcerts import DevCA
 from services.embedded import servers_for
 from services.gateway.key_custody import load_master_key
@@ -34,7 +34,7 @@ from services.health import health_port
 from services.projectors.service import PROCESS_GROUPS
 from services.router_key import load_router_private_key
 from services.runner import setup_logging
-from services.storage.database import ensure_database, redact
+from services.storage.database import ensure_database
 from services.telemetry import METRIC_EXPORTERS, exporters, metrics_port
 
 RESTART_SCHEDULE = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before restarting a dead child
@@ -162,7 +162,7 @@ def _instructions(
         "",
         "certplane is running:",
         f"  event log  {redact(settings.database_url)}",
-        f"  gateway    {settings.nats_url} (subjects {settings.prefix}.cmd.>)",
+        f"  gateway    {redact(settings.nats_url)} (subjects {settings.prefix}.cmd.>)",
         f"  projectors certificates, dns_targets, router_config (KV {settings.router_bucket}), audit,"
         " sealer",
         f"  router     {router['router_id']}: {https}  {http}",

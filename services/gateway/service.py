@@ -16,7 +16,7 @@ from events.codec import COMMAND_DECODER, encode
 from events.replies import GatewayKey, QueryParams, Rejected
 from events.union import tag_of
 from services.bus import connect_nats
-from services.config import Settings
+from services.config import Settings, redact
 from services.domain.errors import Rejected as RejectedError
 from services.domain.writer_mac import writer_key
 from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
@@ -83,7 +83,7 @@ class Gateway:
         )
         await self.nc.flush()
         add_readiness_check(self._not_ready)
-        log.info("gateway ready on %s (prefix %s)", s.nats_url, s.prefix)
+        log.info("gateway ready on %s (prefix %s)", redact(s.nats_url), s.prefix)
         return self
 
     def _not_ready(self) -> str | None:

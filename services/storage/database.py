@@ -7,6 +7,7 @@ import urllib.parse
 
 import asyncpg
 
+from services.config import redact
 from services.domain.errors import Unavailable
 from services.storage.migrations import migrate
 
@@ -28,15 +29,6 @@ async def connect(url: str, **kwargs: object) -> asyncpg.Connection:
         raise Unavailable(
             f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)
         ) from e
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 async def ensure_database(url: str) -> list[str]:

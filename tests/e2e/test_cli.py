@@ -148,6 +148,9 @@ def test_usage_errors_exit_2(settings, gateway_process) -> None:
 def test_unreachable_control_plane_exits_3_naming_the_url(settings) -> None:
     result = run_cli(settings, "apps", CERTPLANE_NATS_URL="nats://127.0.0.1:1")
     assert result.returncode == 3 and "nats://127.0.0.1:1" in result.stderr
+    result = run_cli(settings, "apps", CERTPLANE_NATS_URL="nats://s3cr3t-token@127.0.0.1:1")
+    assert result.returncode == 3 and "nats://***@127.0.0.1:1" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
     result = run_cli(settings, "apps", CERTPLANE_PREFIX="nobody-listens-here")
     assert result.returncode == 3 and "no certplane gateway is answering" in result.stderr
 
