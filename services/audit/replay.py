@@ -423,8 +423,8 @@ def app_summary(
             "endpoint": e.name if e else None,
             "dns_verified": d.dns_verified,
         }
-        if name:
-            served.setdefault(name, []).append(host)
+        if e is not None:  # a legacy SSL Endpoint serves what no SNI endpoint claims
+            served.setdefault(e.name, []).append(host)
     return {
         "app": app.name,
         "domains": domains,

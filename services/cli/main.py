@@ -296,23 +296,32 @@ async def certs_add(args: argparse.Namespace) -> None:
     if view is not None and not args.json:
         targets = {d.hostname: d.dns_target for d in view.domains}
         for event in reply.events:
-            for host in getattr(event, "domains", []) or []:
+            for host in _served(event, view):
                 if targets.get(host):
                     print(f"{app} now served by {targets[host]} ({host})")
-    _print_cert_result(reply, args)
+    _print_cert_result(reply, args, view)
 
 
-def _print_cert_result(reply: Accepted, args: argparse.Namespace) -> None:
+def _served(event: object, view: AppView | None) -> list[str]:
+    """The hostnames an event's endpoint serves: as the read model has it when there is one
+    (a legacy SSL Endpoint serves the domains no SNI endpoint claims, not only its own)."""
+    name = getattr(event, "endpoint", "")
+    shown = next((e for e in view.endpoints if e.name == name), None) if view else None
+    return shown.domains if shown is not None else list(getattr(event, "domains", None) or [])
+
+
+def _print_cert_result(
+    reply: Accepted, args: argparse.Namespace, view: AppView | None = None
+) -> None:
     if args.json:
         output.print_json(reply)
         return
     for event in reply.events:
         certificate = getattr(event, "certificate", None)
         if certificate is not None:
-            endpoint = getattr(event, "endpoint", "")
-            domains = getattr(event, "domains", None)
+            domains = _served(event, view)
             if domains:
-                print(f"{endpoint} serves {', '.join(domains)}")
+                print(f"{getattr(event, 'endpoint', '')} serves {', '.join(domains)}")
             print(output.certificate_details(certificate))
 
 
@@ -465,6 +474,14 @@ async def domains_info(args: argparse.Namespace) -> None:
     print(f"DNS Target:      {domain.dns_target}")
     print(f"DNS Verified:    {verified}")
     print(f"SNI Endpoint:    {domain.endpoint or '(none)'}")
+    legacy = next(
+        (e for e in view.endpoints if e.endpoint_type is EndpointType.ENDPOINT and not domain.endpoint
+         and domain.hostname in e.domains), None,
+    )  # fmt: skip
+    if legacy is not None:
+        print(
+            f"SSL Endpoint:    {legacy.name} (legacy: it serves the domains no SNI endpoint does)"
+        )
 
 
 def _normalize_or_fail(hostname: str) -> str:

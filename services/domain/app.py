@@ -72,6 +72,13 @@ class AppState(msgspec.Struct, frozen=True):
     endpoints: Mapping[str, EndpointState] = msgspec.field(default_factory=dict)
 
     def served_by(self, endpoint: str) -> list[str]:
+        """The hostnames routers serve with `endpoint` (as `serving` decides): its own and,
+        for a legacy SSL Endpoint, every domain no SNI endpoint claims."""
+        legacy = self.legacy()
+        if legacy is not None and legacy.name == endpoint:
+            return sorted(
+                h for h, d in self.domains.items() if not d.endpoint or d.endpoint == endpoint
+            )
         return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
 
     def legacy(self) -> EndpointState | None:

@@ -20,6 +20,9 @@ class CertificatesProjection:
     tables = ("apps", "domains", "endpoints")
     event_types = APP_EVENT_TYPES
     reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
+    # 2: a legacy SSL Endpoint's row lists the domains it serves (those no SNI endpoint
+    # claims), not only those assigned to it by name
+    version = 2
 
     def __init__(self) -> None:
         self.states = AppStates()
@@ -93,6 +96,9 @@ class CertificatesProjection:
                     else None
                 )
                 reassigned |= {d.endpoint for d in (old, new) if d is not None and d.endpoint}
+                # a legacy SSL Endpoint serves every domain no SNI endpoint claims
+                # (`served_by`): any domain that changes may change its list
+                reassigned |= {e.name for e in (before.legacy(), after.legacy()) if e is not None}
             if before.endpoints is after.endpoints and not reassigned:
                 continue  # most events: a domain changed and no endpoint's domain list did
             for name in before.endpoints.keys() | after.endpoints.keys():

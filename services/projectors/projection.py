@@ -28,6 +28,8 @@ class Projection(Protocol):
     - `after_commit` runs after the transaction committed (publishing to NATS); it must be
       idempotent, and `reconcile` must repair anything it failed to do;
     - `reconcile` runs when the projector takes the lead and periodically after.
+    - optional `version` (1 when absent): raise it when the same log would now give
+      different rows; leaders rebuild tables an older version built (see migration 009);
     - optional `observe(conn, schema)`: refreshes what the projection reports as metrics of
       its own (certificates: how many expire soon); run by the leader every
       CERTPLANE_METRICS_INTERVAL seconds, and only when metrics are on.

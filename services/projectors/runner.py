@@ -59,6 +59,10 @@ class LostLead(RuntimeError):
     pass
 
 
+class OlderCode(RuntimeError):
+    """The live tables were built by a newer version of the projection than this one."""
+
+
 class ProjectorRunner:
     def __init__(
         self,
@@ -107,6 +111,10 @@ class ProjectorRunner:
     def name(self) -> str:
         return self.projection.name
 
+    @property
+    def version(self) -> int:
+        return int(getattr(self.projection, "version", 1))
+
     def request_rebuild(self) -> bool:
         """Ask the leader to rebuild from position 0; False when this instance does not lead."""
         if self.state is not State.RUNNING:
@@ -124,6 +132,10 @@ class ProjectorRunner:
                 log.warning("%s: connection lost (%s); reconnecting", self.name, e)
             except (GapError, LostLead) as e:
                 log.error("%s: %s", self.name, e)
+            except OlderCode as e:  # another instance (the newer release) is to lead
+                log.error("%s: %s", self.name, e)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 10.0)
             except Exception:  # a bug or a privilege problem: say so, back off, try again
                 log.exception("%s: projector failed; restarting it in 5s", self.name)
                 with contextlib.suppress(TimeoutError):
@@ -170,9 +182,24 @@ class ProjectorRunner:
                 await asyncio.wait_for(stop.wait(), self.poll_interval / 2)
         if stop.is_set():
             return
+        generation = await store.live_generation(conn, self.name, self.version)
+        built = await store.built_version(conn, self.name)
+        if built > self.version:
+            detail = (
+                f"not leading: the tables were built by version {built} of this projection and "
+                f"this instance runs version {self.version}; upgrade it"
+            )
+            await store.set_status(conn, self.name, self.instance, State.STANDBY.value, detail)
+            raise OlderCode(detail)  # leaving the session releases the lock
         self.state = State.RUNNING
         log.info("%s: leading (instance %s)", self.name, self.instance)
-        generation = await store.live_generation(conn, self.name)
+        if built < self.version:
+            log.warning(
+                "%s: the live rows were built by version %d of this projection, this is version"
+                " %d: rebuilding them from position 0 (the current rows serve until the swap)",
+                self.name, built, self.version,
+            )  # fmt: skip
+            self._rebuild.set()
         schema = await store.ensure_tables(conn, self.projection, generation)
         async with conn.transaction():
             await store.point_views(conn, self.projection, generation)
@@ -332,11 +359,12 @@ class ProjectorRunner:
         async with conn.transaction():
             await store.point_views(conn, self.projection, generation)
             await conn.execute(
-                "update projector_checkpoints set generation = $2, position = $3, updated_at = now()"
-                " where name = $1",
+                "update projector_checkpoints set generation = $2, position = $3, version = $4,"
+                " updated_at = now() where name = $1",
                 self.name,
                 generation,
                 position,
+                self.version,
             )
             await conn.execute("delete from projector_checkpoints where name = $1", scratch)
             await conn.execute(f'drop schema "{live_schema}" cascade')

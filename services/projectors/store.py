@@ -12,14 +12,23 @@ def generation_schema(name: str, generation: int) -> str:
     return f"{name}_g{generation}"
 
 
-async def live_generation(conn: asyncpg.Connection, name: str) -> int:
-    """The generation the views point at (created as 1 on first use)."""
+async def live_generation(conn: asyncpg.Connection, name: str, version: int = 1) -> int:
+    """The generation the views point at (created as 1 on first use, built by `version`)."""
     await conn.execute(
-        "insert into projector_checkpoints (name, generation) values ($1, 1) on conflict do nothing",
+        "insert into projector_checkpoints (name, generation, version) values ($1, 1, $2)"
+        " on conflict do nothing",
         name,
+        version,
     )
     return int(
         await conn.fetchval("select generation from projector_checkpoints where name = $1", name)
+    )
+
+
+async def built_version(conn: asyncpg.Connection, name: str) -> int:
+    """The version of the projection's code that built its live generation's rows."""
+    return int(
+        await conn.fetchval("select version from projector_checkpoints where name = $1", name)
     )
 
 

@@ -186,3 +186,40 @@ def test_local_helpers_order_a_chain_and_find_the_key(
         ok(settings, "certs:key", str(files["crt"]), str(other), str(files["key"]), "--json").stdout
     )
     assert found == {"certificate": str(files["crt"]), "key": str(files["key"])}
+
+
+def test_a_legacy_ssl_endpoint_lists_the_domains_it_serves(
+    settings, projector_process, files
+) -> None:
+    """A legacy SSL Endpoint serves every domain no SNI endpoint claims (as routers do); the
+    views said it served none."""
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "www.example.com", "-a", "shop")
+    cert = (str(files["crt"]), str(files["chain"]), str(files["key"]), "-a", "shop")
+    added = ok(settings, "certs:add", *cert, "--type", "endpoint").stdout
+    assert "serves www.example.com" in added
+    ok(settings, "domains:add", "api.example.com", "-a", "shop")
+    (legacy,) = json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
+    assert legacy["domains"] == ["api.example.com", "www.example.com"]
+    info = ok(settings, "domains:info", "api.example.com", "-a", "shop").stdout
+    assert f"SSL Endpoint:    {legacy['name']} (legacy" in info
+
+    ok(settings, "certs:add", *cert, "--domains", "www.example.com")  # the migration begins
+    by_type = {
+        e["endpoint_type"]: e
+        for e in json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
+    }
+    assert by_type["sni"]["domains"] == ["www.example.com"]
+    assert by_type["endpoint"]["domains"] == ["api.example.com"]
+    ok(
+        settings,
+        "certs:remove",
+        "--name",
+        by_type["sni"]["name"],
+        "--confirm",
+        "shop",
+        "-a",
+        "shop",
+    )
+    (legacy,) = json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
+    assert legacy["domains"] == ["api.example.com", "www.example.com"]

@@ -452,3 +452,73 @@ async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) 
     for module in (certificates, dns_targets, router_config):
         source = inspect.getsource(module)
         assert "reads_metadata = False" in source and ".metadata" not in source, module
+
+
+async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_lead(
+    cp, gateway, ca, db_url
+) -> None:
+    """Upgrading a projection whose rows changed meaning rebuilds it on the first lead, the
+    old rows serving meanwhile; an instance of the previous release then stands by instead
+    of writing old-style rows into the new tables."""
+    from services.projectors.certificates import CertificatesProjection
+
+    head = await busy_history(cp, ca)
+    conn = await asyncpg.connect(db_url)
+
+    def runner(version: int) -> ProjectorRunner:
+        projection = CertificatesProjection()
+        projection.name = "certificates_v"
+        projection.version = version  # type: ignore[misc]
+        return ProjectorRunner(projection, db_url, poll_interval=0.1, instance=f"v{version}")
+
+    async def run_until(r: ProjectorRunner, check) -> None:  # type: ignore[no-untyped-def]
+        stop = asyncio.Event()
+        task = asyncio.create_task(r.run(stop))
+        try:
+            for _ in range(300):
+                if await check():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("timed out")
+        finally:
+            stop.set()
+            await task
+
+    async def checkpoint() -> tuple[int, int, int]:
+        row = await conn.fetchrow(
+            "select generation, version, position from projector_checkpoints where name = $1",
+            "certificates_v",
+        )
+        return tuple(row) if row else (0, 0, 0)  # type: ignore[return-value]
+
+    async def rows() -> list[tuple[str, ...]]:
+        got = await conn.fetch("select * from certificates_v.endpoints")
+        return sorted(tuple(str(v) for v in r.values()) for r in got)
+
+    try:
+        await run_until(runner(1), lambda: _equal(checkpoint(), (1, 1, head)))
+        built_by_1 = await rows()
+        await run_until(runner(2), lambda: _equal(checkpoint(), (2, 2, head)))
+        assert await rows() == built_by_1  # this history has no legacy endpoint to differ
+
+        older = runner(1)
+        await run_until(
+            older,
+            lambda: _true_async(
+                conn.fetchval(
+                    "select detail from projector_status where name = $1 and instance = 'v1'",
+                    "certificates_v",
+                ),
+                lambda d: bool(d) and "built by version 2" in d and "upgrade it" in d,
+            ),
+        )
+        assert older.position == 0 and await checkpoint() == (2, 2, head)
+        again = runner(2)
+        await run_until(again, lambda: _true(again.position == head))
+        assert await checkpoint() == (2, 2, head)  # the same version leads without a rebuild
+    finally:
+        await conn.close()
+
+
+async def _true_async(awaitable, predicate) -> bool:  # type: ignore[no-untyped-def]
+    return bool(predicate(await awaitable))

@@ -319,7 +319,9 @@ def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
         for host in state.domains:
             e = state.endpoint_for(host)
             assert summary["domains"][host]["endpoint"] == (e.name if e else None)  # type: ignore[index]
+        serving = state.serving()
         for name in state.endpoints:
             assert summary["endpoints"][name]["domains"] == state.served_by(name)  # type: ignore[index]
+            assert state.served_by(name) == sorted(h for h, e in serving.items() if e.name == name)
         for domain in state.domains.values():
             assert domain.endpoint is None or domain.endpoint in state.endpoints
