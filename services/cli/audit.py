@@ -347,7 +347,7 @@ def _print_app(summary: dict[str, object]) -> None:
         ]
         print(output.table(["Domain", "DNS Target", "Endpoint"], rows))
     for name, e in endpoints.items():
-        print(f"Endpoint {name} ({str(e['type']).upper()}): {e['subject']}, issued by "
+        print(f"Endpoint {name} ({_kind(e['type'])}): {e['subject']}, issued by "
               f"{e['issuer']}, valid {e['not_before']:%Y-%m-%d} to {e['not_after']:%Y-%m-%d}, "
               f"SHA256 {e['fingerprint_sha256']}")  # type: ignore[str-format]  # fmt: skip
 
@@ -376,7 +376,7 @@ async def audit_served(args: argparse.Namespace) -> None:
     via = f" (through {served.entry})" if served.entry != host else ""
     print(f"At {when}, routers were configured to serve {host}{via} with:")
     print(f"  app             {served.app}")
-    print(f"  endpoint        {e['name']} ({str(e['type']).upper()})")
+    print(f"  endpoint        {e['name']} ({_kind(e['type'])})")
     print(f"  fingerprint     SHA256 {e['fingerprint_sha256']}")
     print(f"  subject         {e['subject']}")
     print(f"  issuer          {e['issuer']}")
@@ -489,3 +489,8 @@ def add_commands(sub: argparse._SubParsersAction, add: object) -> None:  # type:
     p = add(sub, "audit:history", audit_history,
             "an app's history from the log, with what each event changed")  # type: ignore[operator]  # fmt: skip
     p.add_argument("--at", metavar="TIME", help="until then (ISO 8601)")
+
+
+def _kind(endpoint_type: object) -> str:
+    """As `certs` shows the type: SNI, or the legacy SSL Endpoint."""
+    return "SNI" if endpoint_type == "sni" else "SSL Endpoint"
