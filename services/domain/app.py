@@ -74,8 +74,8 @@ class AppState(msgspec.Struct, frozen=True):
     def served_by(self, endpoint: str) -> list[str]:
         """The hostnames routers serve with `endpoint` (as `serving` decides): its own and,
         for a legacy SSL Endpoint, every domain no SNI endpoint claims."""
-        legacy = self.legacy()
-        if legacy is not None and legacy.name == endpoint:
+        own = self.endpoints.get(endpoint)
+        if own is not None and own.endpoint_type is EndpointType.ENDPOINT:  # one per app
             return sorted(
                 h for h, d in self.domains.items() if not d.endpoint or d.endpoint == endpoint
             )

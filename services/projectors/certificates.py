@@ -86,6 +86,7 @@ class CertificatesProjection:
                 continue
             apps[app] = (app, len(after.domains), len(after.endpoints), position, at)
             reassigned: set[str] = set()
+            domain_changed = False
             for host in hosts_changed(before, after, event.event):  # a superset; O(1) mostly
                 old, new = before.domains.get(host), after.domains.get(host)
                 if old is new:
@@ -96,6 +97,8 @@ class CertificatesProjection:
                     else None
                 )
                 reassigned |= {d.endpoint for d in (old, new) if d is not None and d.endpoint}
+                domain_changed = True
+            if domain_changed and (before.endpoints or after.endpoints):
                 # a legacy SSL Endpoint serves every domain no SNI endpoint claims
                 # (`served_by`): any domain that changes may change its list
                 reassigned |= {e.name for e in (before.legacy(), after.legacy()) if e is not None}
