@@ -117,6 +117,10 @@ def _check(reply: Accepted | Rejected) -> Accepted:
 
 READ_YOUR_WRITES_TIMEOUT = 10.0
 
+# `projections:skip NAME POSITION` is the command's documented form: the reason is asked
+# for, not required, and the audit log says when none was given.
+NO_REASON = "no reason given (projections:skip without --reason)"
+
 
 async def _projected(
     cp: ControlPlane, position: int, names: tuple[str, ...] = ("certificates", "dns_targets")
@@ -815,7 +819,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME", choices=NAMES)
     p.add_argument("position", metavar="POSITION", type=int)
-    p.add_argument("--reason", required=True, help="why it may be skipped (kept in the audit log)")
+    p.add_argument(
+        "--reason",
+        default=NO_REASON,
+        help="why it may be skipped (kept in the audit log with who skipped it, and when)",
+    )
     p = _add(
         sub,
         "projections:rebuild",

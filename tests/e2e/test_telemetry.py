@@ -131,10 +131,14 @@ def test_gateway_and_projector_metrics_scraped_show_outcomes_lag_and_a_dead_lett
     assert value(stopped, state, **certificates, certplane_state="running") == 0
     assert value(stopped, "certplane_projector_lag_seconds", **certificates) is not None
 
-    skip = run_cli(
-        settings, "projections:skip", "certificates", str(bad), "--reason", "a test's poison"
-    )
+    # the form, NAME POSITION: no --reason needed, and the log says none was given
+    skip = run_cli(settings, "projections:skip", "certificates", str(bad))
     assert skip.returncode == 0, skip.stderr
+    psql = subprocess.run(
+        ["psql", db_url, "-Atc", "select data->>'reason' from events where type = 'projection.skipped'"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert psql.stdout.strip() == "no reason given (projections:skip without --reason)"
     eventually(
         projector_port,
         lambda s: (
