@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
 from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
-from services.domain.naming import validate_app_name
+from services.domain.naming import generated_app_name, validate_app_name
 from services.domain.x509_bundle import matching_key, one_line_name, order_chain, split_material
 from services.projectors.names import NAMES
 from services.subjects import router_id_token
@@ -168,11 +169,24 @@ def _done(args: argparse.Namespace) -> None:
         print("done")
 
 
-async def _change(args: argparse.Namespace, label: str, command: Command) -> Accepted:
+class _Taken(Exception):
+    """A rejection the caller asked to handle itself (see `_change`'s `quiet_codes`)."""
+
+
+async def _change(
+    args: argparse.Namespace,
+    label: str,
+    command: Command,
+    *,
+    quiet_codes: frozenset[str] | set[str] = frozenset(),
+) -> Accepted:
     """Send a command, say so as Heroku does, and wait until the read models show it."""
     async with _control_plane() as cp:
         _progress(label, args)
-        reply = _check(await cp.command(command))
+        answer = await cp.command(command)
+        if isinstance(answer, Rejected) and answer.code in quiet_codes:
+            raise _Taken(answer.code)
+        reply = _check(answer)
         await _projected(cp, reply.position)
         _done(args)
     if args.json:
@@ -194,14 +208,25 @@ async def _maybe_wait(cp: ControlPlane, args: argparse.Namespace, position: int)
 
 
 async def apps_create(args: argparse.Namespace) -> None:
-    app = _app(args, args.name)
-    await _change(args, f"Creating {app}", CreateApp(app=app))
+    if args.name or args.app or os.environ.get("CERTPLANE_APP"):
+        app = _app(args, args.name)
+        await _change(args, f"Creating {app}", CreateApp(app=app))
+        return
+    # No name: one is made up, as Heroku does; a name someone has taken is drawn again.
+    for _ in range(5):
+        app = generated_app_name(secrets.token_hex(8))
+        try:
+            await _change(args, f"Creating {app}", CreateApp(app=app), quiet_codes={"app_exists"})
+            return
+        except _Taken:
+            if not args.json:
+                print("taken; ", end="", flush=True)
+    _fail(EXIT_REJECTED, "Five generated names were all taken: pass a name, apps:create NAME.")
 
 
 async def apps_list(args: argparse.Namespace) -> None:
     async with _control_plane() as cp:
-        view = await cp.query(None, "apps")
-    assert isinstance(view, AppsView)
+        view = _expect(await cp.query(None, "apps"), AppsView)
     if args.json:
         output.print_json(view.apps)
         return
@@ -738,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _add(sub, "apps:create", apps_create, "create an app")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="3-30 of a-z, 0-9 and '-' (made up when omitted)")
     _add(sub, "apps", apps_list, "list apps", app=False)
     p = _add(sub, "apps:destroy", apps_destroy, "permanently destroy an app")
     p.add_argument("name", nargs="?")

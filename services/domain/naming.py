@@ -37,6 +37,18 @@ def validate_app_name(name: str) -> str:
     return name
 
 
+def generated_app_name(seed: str) -> str:
+    """A name for `apps:create` without one, as Heroku makes them: `sleek-otter-40391`."""
+    from services.domain.dns_target import ADJECTIVES, NOUNS
+
+    digest = hashlib.sha256(f"app/{seed}".encode()).digest()
+    adjective = ADJECTIVES[int.from_bytes(digest[0:2], "big") % len(ADJECTIVES)]
+    noun = NOUNS[int.from_bytes(digest[2:4], "big") % len(NOUNS)]
+    return validate_app_name(
+        f"{adjective}-{noun}-{int.from_bytes(digest[4:8], 'big') % 100000:05d}"
+    )
+
+
 def endpoint_name(seed: str, taken: AbstractSet[str]) -> str:
     """A name not in `taken`, chosen deterministically from `seed`."""
     for attempt in range(1000):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -128,6 +129,22 @@ def test_der_crlf_and_unicode_input(settings, projector_process, ca: DevCA, tmp_
     key.write_bytes(leaf.key_pem.replace(b"\n", b"\r\n"))
     out = ok(settings, "certs:add", str(crt), str(chain), str(key), "-a", "shop").stdout
     assert "serves xn--bcher-kva.example.com" in out and "shop now served by" in out
+
+
+def test_apps_create_without_a_name_makes_one_up(settings, projector_process) -> None:
+    first = ok(settings, "apps:create", "--json")
+    name = json.loads(first.stdout)["events"][0]["app"]
+    assert re.fullmatch(r"[a-z]+-[a-z]+-\d{5}", name), name
+    second = ok(settings, "apps:create").stdout
+    assert re.fullmatch(r"Creating [a-z]+-[a-z]+-\d{5}\.\.\. done\n", second), second
+    listed = json.loads(ok(settings, "apps", "--json").stdout)
+    assert name in {a["name"] for a in listed} and len(listed) == 2
+
+
+def test_reads_without_projectors_say_to_start_them(settings, gateway_process) -> None:
+    result = run_cli(settings, "apps")
+    assert result.returncode == 1 and "start the projectors" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_usage_errors_exit_2(settings, gateway_process) -> None:
