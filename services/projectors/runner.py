@@ -309,6 +309,9 @@ class ProjectorRunner:
         )
         self.state = State.REBUILDING
         detail = f"into generation {generation}"
+        built = await store.built_version(conn, self.name)
+        if built != self.version:
+            detail += f" (rows of version {built} -> {self.version})"
         await store.set_status(conn, self.name, self.instance, self.state.value, detail)
         self.projection.reset()
         position, started = 0, time.perf_counter()

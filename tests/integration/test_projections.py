@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 
 import asyncpg
@@ -455,7 +456,7 @@ async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) 
 
 
 async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_lead(
-    cp, gateway, ca, db_url
+    cp, gateway, ca, db_url, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Upgrading a projection whose rows changed meaning rebuilds it on the first lead, the
     old rows serving meanwhile; an instance of the previous release then stands by instead
@@ -498,7 +499,9 @@ async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_
     try:
         await run_until(runner(1), lambda: _equal(checkpoint(), (1, 1, head)))
         built_by_1 = await rows()
-        await run_until(runner(2), lambda: _equal(checkpoint(), (2, 2, head)))
+        with caplog.at_level(logging.WARNING, logger="certplane.projector"):
+            await run_until(runner(2), lambda: _equal(checkpoint(), (2, 2, head)))
+        assert "built by version 1 of this projection, this is version 2" in caplog.text
         assert await rows() == built_by_1  # this history has no legacy endpoint to differ
 
         older = runner(1)
