@@ -61,6 +61,17 @@ class UsageError(Exception):
     pass
 
 
+def _position(text: str) -> int:
+    """A log position (argparse type): positions start at 1, 0 is the empty log."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log position (0 or more)")
+    return value
+
+
 def _fail(code: int, message: str) -> NoReturn:
     output.warn(message)
     raise SystemExit(code)
@@ -746,7 +757,7 @@ def _add(
         p.add_argument("-a", "--app", help="the app (default: $CERTPLANE_APP)")
     if json:
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=handler, command_parser=p)
     return p
 
 
@@ -843,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "projections:skip", projections_skip, "skip a dead-lettered event (audited)", app=False
     )
     p.add_argument("name", metavar="NAME", choices=NAMES)
-    p.add_argument("position", metavar="POSITION", type=int)
+    p.add_argument("position", metavar="POSITION", type=_position)
     p.add_argument(
         "--reason",
         default=NO_REASON,
@@ -871,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_commands(sub, _add)
     _add(sub, "routers", routers_list, "list live routers and the config they serve", app=False)
     p = _add(sub, "wait", wait_cmd, "wait until every live router serves a log position", app=False)
-    p.add_argument("position", metavar="POSITION", type=int, help="from a command's reply")
+    p.add_argument("position", metavar="POSITION", type=_position, help="from a command's reply")
     _wait_flags(p, flag=None)
     p = _add(sub, "router", router_cmd, "run a TLS router", app=False, json=False)
     p.add_argument("--id", help="router id (default: HOSTNAME-HTTPSPORT)")
@@ -923,7 +934,7 @@ def main(argv: list[str] | None = None) -> None:
         if asyncio.iscoroutine(result):
             asyncio.run(result)
     except UsageError as e:
-        parser.print_usage(sys.stderr)
+        getattr(args, "command_parser", parser).print_usage(sys.stderr)
         _fail(EXIT_USAGE, str(e))
     except ConfigError as e:  # a CERTPLANE_* variable or a key file: say which, no traceback
         _fail(EXIT_USAGE, str(e))

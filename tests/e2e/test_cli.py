@@ -152,6 +152,9 @@ def test_usage_errors_exit_2(settings, gateway_process) -> None:
     assert result.returncode == 2 and "FILE" in result.stderr
     result = run_cli(settings, "certs")
     assert result.returncode == 2 and "No app specified" in result.stderr
+    assert "usage: certplane certs " in result.stderr  # the command's usage, not the top's
+    result = run_cli(settings, "wait", "-5")
+    assert result.returncode == 2 and "not a log position" in result.stderr
     result = run_cli(settings, "certs:frobnicate")
     assert result.returncode == 2
     for command in (
