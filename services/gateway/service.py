@@ -27,7 +27,7 @@ from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
 from services.gateway.trust import load_trust_store
 from services.health import add_readiness_check
-from services.storage.database import service_pool
+from services.storage.database import require_schema, service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
 from services.telemetry import command_span, gateway_metrics
@@ -58,6 +58,8 @@ class Gateway:
         self._stack.push_async_callback(self.bundles.close)
         self.pool = await service_pool(s.database_url, s.service_role, min_size=2, max_size=6)
         self._stack.push_async_callback(self.pool.close)
+        async with self.pool.acquire() as conn:
+            await require_schema(conn, s.database_url)
         self.event_log = PostgresEventLog(
             self.pool, url=s.database_url, writer_key=writer_key(master.secret)
         )

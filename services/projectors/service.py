@@ -26,6 +26,7 @@ from services.projectors.router_config import RouterConfigProjection
 from services.projectors.runner import ProjectorRunner, State
 from services.projectors.sealer import SealerProjection
 from services.router_key import router_public_key
+from services.storage.database import require_schema, service_pool
 from services.subjects import Subjects
 
 log = logging.getLogger("certplane.projector")
@@ -89,6 +90,12 @@ async def run_projectors(settings: Settings, names: list[str], stop: asyncio.Eve
             f"unknown projection(s) {', '.join(unknown)}: choose from {', '.join(NAMES)}"
         )
     chosen = names or list(NAMES)
+    pool = await service_pool(settings.database_url, settings.service_role, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await require_schema(conn, settings.database_url)
+    finally:
+        await pool.close()
     nc = await connect_nats(settings.nats_url, "certplane-projector")
     try:
         kv = await router_bucket(nc, settings.router_bucket) if "router_config" in chosen else None

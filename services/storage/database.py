@@ -7,9 +7,9 @@ import urllib.parse
 
 import asyncpg
 
-from services.config import redact
+from services.config import ConfigError, redact
 from services.domain.errors import Unavailable
-from services.storage.migrations import migrate
+from services.storage.migrations import migrate, missing_migrations
 
 
 def _with_database(url: str, database: str) -> str:
@@ -102,3 +102,17 @@ async def service_pool(
         ) from e
     assert pool is not None
     return pool
+
+
+async def require_schema(conn: asyncpg.Connection, url: str) -> None:
+    """Refuse to run against a database an older release migrated.
+
+    Migrations only add, so a newer schema is fine (an older instance in a rolling upgrade);
+    a missing one would fail later, a statement at a time, in a loop of retries.
+    """
+    lacking = await missing_migrations(conn)
+    if lacking:
+        raise ConfigError(
+            f"The database at {redact(url)} lacks migration(s) {', '.join(lacking)} of this "
+            "release: run `certplane migrate` (with an admin CERTPLANE_DATABASE_URL) first."
+        )

@@ -42,3 +42,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             log.info("applied migration %s", name)
             applied.append(name)
     return applied
+
+
+async def missing_migrations(conn: asyncpg.Connection) -> list[str]:
+    """The shipped migrations this database has not applied, by file name."""
+    try:
+        done = {r[0] for r in await conn.fetch("select version from schema_migrations")}
+    except asyncpg.UndefinedTableError:
+        done = set()
+    return [name for number, name, _ in migration_files() if number not in done]

@@ -85,3 +85,18 @@ def test_json_logs_are_one_object_per_line(settings: Settings, tmp_path: Path) -
     assert all(e["time"].endswith("+00:00") and e["level"] in ("INFO", "WARNING") for e in entries)
     rejected = [e for e in entries if "rejected: app_exists" in e["message"]]
     assert len(rejected) == 1 and rejected[0]["logger"] == "certplane.gateway", entries
+
+
+@pytest.mark.parametrize("service", ["gateway", "projector"])
+def test_a_database_an_older_release_migrated_is_refused_by_name(
+    settings: Settings, db_url: str, service: str
+) -> None:
+    import subprocess
+
+    subprocess.run(
+        ["psql", db_url, "-qc", "delete from schema_migrations where version = 9"], check=True
+    )  # as if the last `certplane migrate` was an older release's
+    result = run_cli(settings, service, *(["certificates"] if service == "projector" else []))
+    assert result.returncode == 2, result.stderr
+    assert "lacks migration(s) 009_projection_versions.sql" in result.stderr
+    assert "certplane migrate" in result.stderr and "Traceback" not in result.stderr
