@@ -48,7 +48,12 @@ def test_a_draining_router_is_alive_but_not_ready(
         settings, tmp_path, "router-probed", upstream.url,
         CERTPLANE_HEALTH_PORT=str(port), CERTPLANE_HEALTH_HOST="127.0.0.1",
     ).start()  # fmt: skip
-    assert probe(port, "/readyz") == (200, "ok\n")  # the first config is applied
+    # ready once its first full config is applied (the ready file comes before that)
+    deadline = time.monotonic() + 15
+    while (answer := probe(port, "/readyz")) != (200, "ok\n") and time.monotonic() < deadline:
+        assert answer == (503, "the first full config from ROUTER_CONFIG is not applied yet\n")
+        time.sleep(0.1)
+    assert answer == (200, "ok\n")
     shop_with_cert(settings, ca, tmp_path)
     client = tls_client(ca_file, "www.shop.test", router.https_port)
     finished: dict[str, int] = {}
