@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from events.endpoint import EndpointType
 
@@ -26,26 +28,91 @@ class RouterKeySeal(msgspec.Struct, frozen=True, kw_only=True):
     may cache the derived key per (ephemeral_public, router_key_id).
     """
 
-    router_key_id: str
-    key_id: str  # the certificate's data key id; also the associated data of the AEAD
-    ephemeral_public: bytes
-    nonce: bytes
-    ciphertext: bytes
+    router_key_id: Annotated[
+        str,
+        Meta(
+            description=(
+                "Which router key this is sealed to: the first 16 hex digits of SHA-256 of "
+                '"router:" followed by its raw X25519 public key. A router holding another key '
+                "cannot open it and NACKs the entry."
+            )
+        ),
+    ]
+    key_id: Annotated[
+        str,
+        Meta(description=("The certificate's data key id; also the associated data of the AEAD.")),
+    ]
+    ephemeral_public: Annotated[bytes, Meta(description="The sender's raw X25519 public key.")]
+    nonce: Annotated[bytes, Meta(description="The AES-256-GCM nonce (12 bytes).")]
+    ciphertext: Annotated[
+        bytes,
+        Meta(
+            description=(
+                "The PKCS#8 PEM private key, encrypted, with the 16-byte GCM tag at its end."
+            )
+        ),
+    ]
 
 
 class RouterConfigEntry(msgspec.Struct, frozen=True, kw_only=True):
     """Serve `hostname` with this chain (leaf first) and key; `position` is its config version."""
 
-    hostname: str
-    app: str
-    endpoint: str
-    endpoint_type: EndpointType
-    chain_pem: str
-    fingerprint_sha256: str
-    key: RouterKeySeal | None  # None: the key could not be released (see `problem`)
-    tls_policy: str = "modern"  # TLS 1.2 and 1.3 only, curated ciphers, same for every app
-    position: int = 0
-    problem: str = ""
+    hostname: Annotated[
+        str,
+        Meta(
+            description=(
+                "The name to serve by SNI: lower case, internationalized names as A-labels "
+                "(xn--...). `*.example.com` matches exactly one label in place of the `*`; an exact "
+                "name wins over a wildcard. The KV key is this name with `*` written as `_`."
+            )
+        ),
+    ]
+    app: Annotated[str, Meta(description="The app whose upstream gets the requests.")]
+    endpoint: Annotated[str, Meta(description="The certificate's endpoint name in the app.")]
+    endpoint_type: Annotated[
+        EndpointType,
+        Meta(
+            description=(
+                "`sni`, or `endpoint` for a legacy SSL Endpoint (it serves the app's domains that no "
+                "SNI endpoint claims); routers serve both the same way."
+            )
+        ),
+    ]
+    chain_pem: Annotated[
+        str,
+        Meta(
+            description=(
+                "PEM certificates, leaf first, then each issuer; no root (clients have their own)."
+            )
+        ),
+    ]
+    fingerprint_sha256: Annotated[str, Meta(description="SHA-256 of the leaf's DER, hex.")]
+    key: Annotated[
+        RouterKeySeal | None,
+        Meta(
+            description=(
+                "The private key, sealed to the routers. null: it could not be released (`problem` "
+                "says why); keep serving what was there before for this hostname."
+            )
+        ),
+    ]
+    tls_policy: Annotated[
+        str,
+        Meta(
+            description=(
+                "`modern`, the only policy so far: TLS 1.2 and 1.3, ECDHE with AEAD ciphers."
+            )
+        ),
+    ] = "modern"
+    position: Annotated[
+        int,
+        Meta(
+            description=(
+                "The log position of the event that last changed this entry: its config version."
+            )
+        ),
+    ] = 0
+    problem: Annotated[str, Meta(description="Why `key` is null; empty otherwise.")] = ""
 
 
 class ConfigCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,15 +120,17 @@ class ConfigCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     up to `position`. Written after each projected batch, so a router that has applied it
     serves the config of that position (`certplane wait` compares against it)."""
 
-    position: int
+    position: Annotated[
+        int, Meta(description=("Every entry stored before this key reflects the log up to here."))
+    ]
 
 
 class Nack(msgspec.Struct, frozen=True, kw_only=True):
     """An entry a router refused (bad PEM, a key it cannot unseal); it keeps the previous one."""
 
-    hostname: str
-    position: int
-    reason: str
+    hostname: Annotated[str, Meta(description="The entry's hostname.")]
+    position: Annotated[int, Meta(description="The entry's `position` (its version).")]
+    reason: Annotated[str, Meta(description="Why it was refused, for operators.")]
 
 
 class RouterState(enum.Enum):
@@ -74,12 +143,36 @@ class RouterStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Published on `<prefix>.router.<router_id>.status` after every config change it applied
     and as a heartbeat; like an xDS ACK, `position` is the config version it now serves."""
 
-    router_id: str
-    addresses: list[str]
-    state: RouterState
-    position: int  # the ConfigCheckpoint it has applied (0: none yet)
-    hostnames: int
-    nacks: list[Nack] = []
-    started_at: dt.datetime
-    sent_at: dt.datetime
-    heartbeat_seconds: float = 5.0
+    router_id: Annotated[
+        str,
+        Meta(
+            description=("Stable per router process; also the `<router_id>` token of the subject.")
+        ),
+    ]
+    addresses: Annotated[list[str], Meta(description="URLs it listens on, for operators.")]
+    state: Annotated[
+        RouterState,
+        Meta(
+            description=(
+                "`starting` until the first full config is applied; `stopping` while draining."
+            )
+        ),
+    ]
+    position: Annotated[
+        int, Meta(description=("The ConfigCheckpoint it has applied (0: none yet)."))
+    ]
+    hostnames: Annotated[int, Meta(description="How many hostnames it serves.")]
+    nacks: Annotated[
+        list[Nack],
+        Meta(description=("Entries it refused and keeps refusing; empty when all were applied.")),
+    ] = []
+    started_at: Annotated[dt.datetime, Meta(description="When the process started (UTC).")]
+    sent_at: Annotated[dt.datetime, Meta(description="When this report was sent (UTC).")]
+    heartbeat_seconds: Annotated[
+        float,
+        Meta(
+            description=(
+                "It reports at least this often; one silent for three of these is no longer live."
+            )
+        ),
+    ] = 5.0
