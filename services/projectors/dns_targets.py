@@ -47,13 +47,15 @@ class DnsTargetsProjection:
 
         # One round trip for the first draw of every domain added in the batch, and one for
         # the targets of every domain removed; only a collision costs a query of its own.
-        first_draws = [
-            dns_target(e.event_id, 0, self.zone) for e in events if isinstance(e.event, DomainAdded)
-        ]
+        first_draws = {
+            e.event_id: dns_target(e.event_id, 0, self.zone)
+            for e in events
+            if isinstance(e.event, DomainAdded)
+        }  # drawn once: deriving a target was a third of a rebuild, and each was drawn twice
         allocated = {
             r[0]
             for r in await conn.fetch(
-                f"select target from {table} where target = any($1)", first_draws
+                f"select target from {table} where target = any($1)", list(first_draws.values())
             )
         }
         removed = [e.event.hostname for e in events if isinstance(e.event, DomainRemoved)]
@@ -77,7 +79,11 @@ class DnsTargetsProjection:
             match stored.event:
                 case DomainAdded(app=app, hostname=host):
                     for attempt in range(MAX_DRAWS):
-                        target = dns_target(stored.event_id, attempt, self.zone)
+                        target = (
+                            first_draws[stored.event_id]
+                            if attempt == 0
+                            else dns_target(stored.event_id, attempt, self.zone)
+                        )
                         if not await taken(target, attempt):
                             break
                     else:
