@@ -115,13 +115,12 @@ class DnsTargetsProjection:
         if deleted_hosts:
             await conn.execute(f"delete from {table} where hostname = any($1)", list(deleted_hosts))
         if pending:
-            await conn.execute(
-                f"insert into {table} (hostname, app, target, position)"
-                " select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[])",
-                list(pending),
-                [a for a, _, _ in pending.values()],
-                [t for _, t, _ in pending.values()],
-                [p for _, _, p in pending.values()],
+            # binary COPY: asyncpg encodes array parameters element by element in Python
+            await conn.copy_records_to_table(
+                "dns_targets",
+                schema_name=schema,
+                records=[(host, app, target, pos) for host, (app, target, pos) in pending.items()],
+                columns=["hostname", "app", "target", "position"],
             )
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
