@@ -18,6 +18,11 @@ from msgspec import Meta
 from events.endpoint import EndpointType
 
 
+def _doc(text: str) -> Meta:
+    """A field's description in the JSON Schemas router authors read."""
+    return Meta(description=text)
+
+
 class RouterKeySeal(msgspec.Struct, frozen=True, kw_only=True):
     """A certificate's private key (PEM) sealed to the routers' X25519 key.
 
@@ -30,27 +35,21 @@ class RouterKeySeal(msgspec.Struct, frozen=True, kw_only=True):
 
     router_key_id: Annotated[
         str,
-        Meta(
-            description=(
-                "Which router key this is sealed to: the first 16 hex digits of SHA-256 of "
-                '"router:" followed by its raw X25519 public key. A router holding another key '
-                "cannot open it and NACKs the entry."
-            )
+        _doc(
+            "Which router key this is sealed to: the first 16 hex digits of SHA-256 of "
+            '"router:" followed by its raw X25519 public key. A router holding another key '
+            "cannot open it and NACKs the entry."
         ),
     ]
     key_id: Annotated[
         str,
-        Meta(description=("The certificate's data key id; also the associated data of the AEAD.")),
+        _doc("The certificate's data key id; also the associated data of the AEAD."),
     ]
-    ephemeral_public: Annotated[bytes, Meta(description="The sender's raw X25519 public key.")]
-    nonce: Annotated[bytes, Meta(description="The AES-256-GCM nonce (12 bytes).")]
+    ephemeral_public: Annotated[bytes, _doc("The sender's raw X25519 public key.")]
+    nonce: Annotated[bytes, _doc("The AES-256-GCM nonce (12 bytes).")]
     ciphertext: Annotated[
         bytes,
-        Meta(
-            description=(
-                "The PKCS#8 PEM private key, encrypted, with the 16-byte GCM tag at its end."
-            )
-        ),
+        _doc("The PKCS#8 PEM private key, encrypted, with the 16-byte GCM tag at its end."),
     ]
 
 
@@ -59,60 +58,42 @@ class RouterConfigEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     hostname: Annotated[
         str,
-        Meta(
-            description=(
-                "The name to serve by SNI: lower case, internationalized names as A-labels "
-                "(xn--...). `*.example.com` matches exactly one label in place of the `*`; an exact "
-                "name wins over a wildcard. The KV key is this name with `*` written as `_`."
-            )
+        _doc(
+            "The name to serve by SNI: lower case, internationalized names as A-labels "
+            "(xn--...). `*.example.com` matches exactly one label in place of the `*`; an exact "
+            "name wins over a wildcard. The KV key is this name with `*` written as `_`."
         ),
     ]
-    app: Annotated[str, Meta(description="The app whose upstream gets the requests.")]
-    endpoint: Annotated[str, Meta(description="The certificate's endpoint name in the app.")]
+    app: Annotated[str, _doc("The app whose upstream gets the requests.")]
+    endpoint: Annotated[str, _doc("The certificate's endpoint name in the app.")]
     endpoint_type: Annotated[
         EndpointType,
-        Meta(
-            description=(
-                "`sni`, or `endpoint` for a legacy SSL Endpoint (it serves the app's domains that no "
-                "SNI endpoint claims); routers serve both the same way."
-            )
+        _doc(
+            "`sni`, or `endpoint` for a legacy SSL Endpoint (it serves the app's domains that no "
+            "SNI endpoint claims); routers serve both the same way."
         ),
     ]
     chain_pem: Annotated[
         str,
-        Meta(
-            description=(
-                "PEM certificates, leaf first, then each issuer; no root (clients have their own)."
-            )
-        ),
+        _doc("PEM certificates, leaf first, then each issuer; no root (clients have their own)."),
     ]
-    fingerprint_sha256: Annotated[str, Meta(description="SHA-256 of the leaf's DER, hex.")]
+    fingerprint_sha256: Annotated[str, _doc("SHA-256 of the leaf's DER, hex.")]
     key: Annotated[
         RouterKeySeal | None,
-        Meta(
-            description=(
-                "The private key, sealed to the routers. null: it could not be released (`problem` "
-                "says why); keep serving what was there before for this hostname."
-            )
+        _doc(
+            "The private key, sealed to the routers. null: it could not be released (`problem` "
+            "says why); keep serving what was there before for this hostname."
         ),
     ]
     tls_policy: Annotated[
         str,
-        Meta(
-            description=(
-                "`modern`, the only policy so far: TLS 1.2 and 1.3, ECDHE with AEAD ciphers."
-            )
-        ),
+        _doc("`modern`, the only policy so far: TLS 1.2 and 1.3, ECDHE with AEAD ciphers."),
     ] = "modern"
     position: Annotated[
         int,
-        Meta(
-            description=(
-                "The log position of the event that last changed this entry: its config version."
-            )
-        ),
+        _doc("The log position of the event that last changed this entry: its config version."),
     ] = 0
-    problem: Annotated[str, Meta(description="Why `key` is null; empty otherwise.")] = ""
+    problem: Annotated[str, _doc("Why `key` is null; empty otherwise.")] = ""
 
 
 class ConfigCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,16 +102,16 @@ class ConfigCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     serves the config of that position (`certplane wait` compares against it)."""
 
     position: Annotated[
-        int, Meta(description=("Every entry stored before this key reflects the log up to here."))
+        int, _doc("Every entry stored before this key reflects the log up to here.")
     ]
 
 
 class Nack(msgspec.Struct, frozen=True, kw_only=True):
     """An entry a router refused (bad PEM, a key it cannot unseal); it keeps the previous one."""
 
-    hostname: Annotated[str, Meta(description="The entry's hostname.")]
-    position: Annotated[int, Meta(description="The entry's `position` (its version).")]
-    reason: Annotated[str, Meta(description="Why it was refused, for operators.")]
+    hostname: Annotated[str, _doc("The entry's hostname.")]
+    position: Annotated[int, _doc("The entry's `position` (its version).")]
+    reason: Annotated[str, _doc("Why it was refused, for operators.")]
 
 
 class RouterState(enum.Enum):
@@ -145,34 +126,22 @@ class RouterStatus(msgspec.Struct, frozen=True, kw_only=True):
 
     router_id: Annotated[
         str,
-        Meta(
-            description=("Stable per router process; also the `<router_id>` token of the subject.")
-        ),
+        _doc("Stable per router process; also the `<router_id>` token of the subject."),
     ]
-    addresses: Annotated[list[str], Meta(description="URLs it listens on, for operators.")]
+    addresses: Annotated[list[str], _doc("URLs it listens on, for operators.")]
     state: Annotated[
         RouterState,
-        Meta(
-            description=(
-                "`starting` until the first full config is applied; `stopping` while draining."
-            )
-        ),
+        _doc("`starting` until the first full config is applied; `stopping` while draining."),
     ]
-    position: Annotated[
-        int, Meta(description=("The ConfigCheckpoint it has applied (0: none yet)."))
-    ]
-    hostnames: Annotated[int, Meta(description="How many hostnames it serves.")]
+    position: Annotated[int, _doc("The ConfigCheckpoint it has applied (0: none yet).")]
+    hostnames: Annotated[int, _doc("How many hostnames it serves.")]
     nacks: Annotated[
         list[Nack],
-        Meta(description=("Entries it refused and keeps refusing; empty when all were applied.")),
+        _doc("Entries it refused and keeps refusing; empty when all were applied."),
     ] = []
-    started_at: Annotated[dt.datetime, Meta(description="When the process started (UTC).")]
-    sent_at: Annotated[dt.datetime, Meta(description="When this report was sent (UTC).")]
+    started_at: Annotated[dt.datetime, _doc("When the process started (UTC).")]
+    sent_at: Annotated[dt.datetime, _doc("When this report was sent (UTC).")]
     heartbeat_seconds: Annotated[
         float,
-        Meta(
-            description=(
-                "It reports at least this often; one silent for three of these is no longer live."
-            )
-        ),
+        _doc("It reports at least this often; one silent for three of these is no longer live."),
     ] = 5.0
