@@ -6,13 +6,27 @@ rows (delete, then COPY): set-based, and the rows always equal the folded state.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
+
 import asyncpg
 import msgspec
 
-from services.domain.app import hosts_changed
+from services.domain.app import AppState, hosts_changed
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 from services.telemetry import EXPIRY_WINDOWS_DAYS, CertificateExpiry, certificate_metrics
+
+_FOLD_SLICE = 500
+
+
+@dataclass
+class Rows:
+    """What a batch changes, by table and key: a row, or None to delete it."""
+
+    apps: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
+    domains: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], tuple[object, ...] | None] = field(default_factory=dict)
 
 
 class CertificatesProjection:
@@ -65,17 +79,35 @@ class CertificatesProjection:
     async def apply(
         self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
     ) -> None:
-        """Write only the rows an event changed, each stamped with that event's position.
+        await self.write(conn, schema, await self.prepare(conn, events), through)
 
+    async def prepare(self, conn: asyncpg.Connection, events: list[StoredEvent]) -> Rows:
+        """Fold a batch into the rows it changes, each stamped with that event's position.
+
+        Reads only the log (`conn` serves the app states the cache lacks), never this
+        projection's tables: so a rebuild can fold batch N+1 while batch N is written.
         `evolve` keeps unchanged DomainState/EndpointState objects, so identity tells what an
         event changed; the cost is proportional to the change, not to the app's size.
         """
-        if not events:
-            return
-        apps: dict[str, tuple[object, ...] | None] = {}
-        domains: dict[str, tuple[object, ...] | None] = {}
-        endpoints: dict[tuple[str, str], tuple[object, ...] | None] = {}
-        for app, before, after, event in await self.states.transitions(conn, events):
+        rows = Rows()
+        for start in range(0, len(events), _FOLD_SLICE):
+            if start:
+                await asyncio.sleep(0)  # let a batch being written send its next statement
+            self._fold(
+                await self.states.transitions(conn, events[start : start + _FOLD_SLICE]), rows
+            )
+        return rows
+
+    async def write(self, conn: asyncpg.Connection, schema: str, rows: Rows, through: int) -> None:
+        """Write what `prepare` folded (inside the runner's transaction)."""
+        await _write(conn, f'"{schema}".apps', ["name"], rows.apps)
+        await _write(conn, f'"{schema}".domains', ["hostname"], rows.domains)
+        await _write(conn, f'"{schema}".endpoints', ["app", "name"], rows.endpoints)
+
+    @staticmethod
+    def _fold(steps: list[tuple[str, AppState, AppState, StoredEvent]], rows: Rows) -> None:
+        apps, domains, endpoints = rows.apps, rows.domains, rows.endpoints
+        for app, before, after, event in steps:
             position, at = event.position, event.recorded_at
             if not after.exists:
                 apps[app] = None
@@ -116,9 +148,6 @@ class CertificatesProjection:
                     app, name, new_e.endpoint_type.value, c,
                     after.served_by(name), c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
-        await _write(conn, f'"{schema}".apps', ["name"], apps)
-        await _write(conn, f'"{schema}".domains', ["hostname"], domains)
-        await _write(conn, f'"{schema}".endpoints', ["app", "name"], endpoints)
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None

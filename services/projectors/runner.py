@@ -145,19 +145,22 @@ class ProjectorRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _connect(self, purpose: str = "") -> asyncpg.Connection:
         settings = {
             "role": self.role,
-            "application_name": f"certplane-projector-{self.name}",
+            "application_name": f"certplane-projector-{self.name}"
+            + (f"-{purpose}" if purpose else ""),
             # Read models are derived: a commit lost in a server crash is lost together with
             # its checkpoint and re-applied identically, so waiting for each flush buys nothing
             # (other sessions see the commit at once either way).
             "synchronous_commit": "off",
         }
-        conn = await asyncpg.connect(self.url, server_settings=settings)
+        return await asyncpg.connect(self.url, server_settings=settings)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await self._connect()
         try:
-            reading = {**settings, "application_name": f"certplane-projector-{self.name}-reader"}
-            reader = await asyncpg.connect(self.url, server_settings=reading)
+            reader = await self._connect("reader")
             try:
                 self._reader = BatchReader(
                     reader, self.batch_size, self.projection.event_types, metadata=self._metadata
@@ -321,19 +324,30 @@ class ProjectorRunner:
         # What a batch would publish is dropped: reconcile sends the differences after the swap,
         # and keeping it would grow with every hostname of the log.
         forget = getattr(self.projection, "forget_publications", None)
+        # A projection that folds without reading its own tables (`prepare`, then `write`)
+        # folds batch N+1 while batch N is written; it reads the log on a connection of its own.
+        prepare = getattr(self.projection, "prepare", None)
+        folding = await self._connect("fold") if prepare is not None else None
+        staged: object = None
         try:
             rows = await reader.after(position)
             events = await _decoded(rows, position)
+            if prepare is not None:
+                staged = await prepare(folding, events)
             while rows:
                 through = rows[-1][0]
                 # Batch N's writes run in PostgreSQL while batch N+1 is read and decoded
                 # here: the two alternated before, each waiting a third of the time.
                 applying = asyncio.ensure_future(
-                    self._apply_rebuild_batch(conn, target, scratch, position, events, through)
+                    self._apply_rebuild_batch(
+                        conn, target, scratch, position, events, through, staged
+                    )
                 )
                 try:
                     rows = await reader.after(through)
                     upcoming = await _decoded(rows, through)
+                    if prepare is not None:
+                        staged = await prepare(folding, upcoming)
                 except BaseException:
                     await asyncio.gather(applying, return_exceptions=True)
                     if applying.done() and not applying.cancelled() and applying.exception():
@@ -345,9 +359,11 @@ class ProjectorRunner:
                 if forget is not None:
                     forget()
         except LostLead:
+            await _close(folding)
             raise
         except Exception as e:
             await reader.discard()
+            await _close(folding)
             log.error(
                 "%s: rebuild failed at position %d (%s); keeping generation %d",
                 self.name, position + 1, e, live,
@@ -359,6 +375,7 @@ class ProjectorRunner:
             detail = f"rebuild failed: {e}"[:300]
             await store.set_status(conn, self.name, self.instance, self.state.value, detail)
             return live_schema
+        await _close(folding)
         async with conn.transaction():
             await store.point_views(conn, self.projection, generation)
             await conn.execute(
@@ -392,12 +409,16 @@ class ProjectorRunner:
         position: int,
         events: list[StoredEvent],
         through: int,
+        staged: object = None,
     ) -> None:
         async with conn.transaction():
             # Not waiting for the flush is safe here: a batch lost in a crash is lost with
             # its checkpoint, and nobody reads this generation yet.
             await conn.execute("set local synchronous_commit = off")
-            await self.projection.apply(conn, schema, events, through)
+            if staged is not None:  # folded already (`prepare`)
+                await self.projection.write(conn, schema, staged, through)  # type: ignore[attr-defined]
+            else:
+                await self.projection.apply(conn, schema, events, through)
             if not await store.advance(conn, scratch, position, through):
                 raise LostLead("the rebuild checkpoint moved under us")
 
@@ -494,3 +515,9 @@ def _check_dense(rows: list[asyncpg.Record], after: int) -> None:
                 f"positions are not dense: expected {after + 1 + offset}, read {row[0]};"
                 " stopping rather than skipping"
             )
+
+
+async def _close(conn: asyncpg.Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5)

@@ -198,12 +198,23 @@ class FailsOnce:
         self.inner, self.fail_at = inner, None
 
     def __getattr__(self, attribute: str):  # type: ignore[no-untyped-def]
-        return getattr(self.inner, attribute)
+        found = getattr(self.inner, attribute)
+        if attribute != "prepare":
+            return found
 
-    async def apply(self, conn, schema, events, through) -> None:  # type: ignore[no-untyped-def]
+        async def prepare(conn, events):  # type: ignore[no-untyped-def]
+            self._maybe_fail(events)  # a projection that folds ahead fails there
+            return await found(conn, events)
+
+        return prepare
+
+    def _maybe_fail(self, events) -> None:  # type: ignore[no-untyped-def]
         if self.fail_at is not None and any(e.position == self.fail_at for e in events):
             self.fail_at = None
             raise RuntimeError("a bug in this projection")
+
+    async def apply(self, conn, schema, events, through) -> None:  # type: ignore[no-untyped-def]
+        self._maybe_fail(events)
         await self.inner.apply(conn, schema, events, through)
 
 
