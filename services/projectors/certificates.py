@@ -79,9 +79,11 @@ class CertificatesProjection:
     async def apply(
         self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
     ) -> None:
-        await self.write(conn, schema, await self.prepare(conn, events), through)
+        await self.write(conn, schema, await self.prepare(conn, schema, events), through)
 
-    async def prepare(self, conn: asyncpg.Connection, events: list[StoredEvent]) -> Rows:
+    async def prepare(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
+    ) -> Rows:
         """Fold a batch into the rows it changes, each stamped with that event's position.
 
         Reads only the log (`conn` serves the app states the cache lacks), never this

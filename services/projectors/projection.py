@@ -28,10 +28,11 @@ class Projection(Protocol):
     - `after_commit` runs after the transaction committed (publishing to NATS); it must be
       idempotent, and `reconcile` must repair anything it failed to do;
     - `reconcile` runs when the projector takes the lead and periodically after.
-    - optional `prepare(conn, events)` and `write(conn, schema, prepared, through)`, when
-      `apply` is exactly `write(prepare(...))` and `prepare` reads nothing of the projection's
-      own tables (only the log, through `conn`): a rebuild then folds batch N+1 while batch N
-      is written (measured: certificates' rebuild 25 % faster);
+    - optional `prepare(conn, schema, events)` and `write(conn, schema, prepared, through)`,
+      when `apply` is `write(prepare(...))` and `prepare` needs nothing of the batch before
+      but its own memory and what is committed (it runs on a connection of its own): a
+      rebuild then folds batch N+1 while batch N is written (measured: certificates' rebuild
+      25 % faster; router_config lays the batch before over the rows it reads);
     - optional `version` (1 when absent): raise it when the same log would now give
       different rows; leaders rebuild tables an older version built (see migration 009);
     - optional `observe(conn, schema)`: refreshes what the projection reports as metrics of

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import asyncpg
 import msgspec
@@ -58,6 +59,15 @@ _COLUMNS = ["hostname", "app", "endpoint", "endpoint_type", "chain_pem", "finger
             "sealed_key", "tls_policy", "problem", "position"]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What a batch changes: hostname -> (row, position), or None to delete; and which of
+    those hostnames had a row before it (upserted; the others are inserted)."""
+
+    rows: dict[str, tuple[Row, int] | None]
+    stored: set[str]
+
+
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
@@ -76,10 +86,13 @@ class RouterConfigProjection:
         self._dirty: dict[str, tuple[Row, int] | None] = {}
         self._needs_reconcile = False
         self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
+        # what the last prepared batch changed, until it is surely committed (see `prepare`)
+        self._overlay: dict[str, tuple[Row, int] | None] = {}
 
     def reset(self) -> None:
         self.states.reset()
         self._dirty.clear()
+        self._overlay.clear()
         self._data_keys.clear()  # a key shredded since must not be served from memory
         self._seals.clear()
 
@@ -157,13 +170,24 @@ class RouterConfigProjection:
     async def apply(
         self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
     ) -> None:
+        staged = await self.prepare(conn, schema, events)
+        self._overlay = {}  # written in this same transaction: what the table shows next
+        await self.write(conn, schema, staged, through)
+
+    async def prepare(
+        self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent]
+    ) -> Changes:
+        """Fold a batch into the rows it changes (see `write`).
+
+        Reads the rows its hostnames have now; during a rebuild the batch before may still be
+        being written (see the runner), so what that batch changed is laid over them.
+        """
         table = f'"{schema}".router_config'
         rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
-
-        self._applied_to = through
         if not events:
-            return
+            self._overlay = {}
+            return Changes({}, set())
         await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
@@ -178,7 +202,11 @@ class RouterConfigProjection:
             hosts,
         ):
             rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
-        stored = set(rows)  # hostnames with a row now: the others are inserted, not upserted
+        for host in hosts:
+            if host in self._overlay:
+                rows[host] = self._overlay[host]
+        rows = {h: v for h, v in rows.items() if v is not None}
+        stored = set(rows)  # hostnames with a row then: the others are inserted, not upserted
         for app, host, endpoint, position in steps:
             current = rows.get(host)
             if endpoint is None:
@@ -190,19 +218,28 @@ class RouterConfigProjection:
             if current is None or current[0] != row:
                 rows[host] = (row, position)
                 changed.add(host)
-        deleted = [h for h in changed if rows[h] is None]
+        self._overlay = {h: rows[h] for h in changed}
+        return Changes({h: rows[h] for h in changed}, stored)
+
+    async def write(
+        self, conn: asyncpg.Connection, schema: str, changes: Changes, through: int
+    ) -> None:
+        """Write what `prepare` folded (inside the runner's transaction)."""
+        table = f'"{schema}".router_config'
+        self._applied_to = through
+        deleted = [h for h, v in changes.rows.items() if v is None]
         if deleted:
             await conn.execute(f"delete from {table} where hostname = any($1)", deleted)
-        written = [(h, *v[0], v[1]) for h in changed if (v := rows[h]) is not None]
+        written = [(h, *v[0], v[1]) for h, v in changes.rows.items() if v is not None]
         # New hostnames (all of them in a rebuild, most when apps are added) go by binary
         # COPY: asyncpg encodes an array parameter element by element in Python, and the
         # upsert's arrays were a sixth of a rebuild; the rest need the upsert.
-        fresh = [r for r in written if r[0] not in stored]
+        fresh = [r for r in written if r[0] not in changes.stored]
         if fresh:
             await conn.copy_records_to_table(
                 "router_config", schema_name=schema, records=fresh, columns=_COLUMNS
             )
-        upserts = [r for r in written if r[0] in stored]
+        upserts = [r for r in written if r[0] in changes.stored]
         if upserts:
             await conn.execute(  # one statement per batch: one array per column
                 f"insert into {table} (hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
@@ -216,8 +253,7 @@ class RouterConfigProjection:
                 " position = excluded.position",
                 *[list(column) for column in zip(*upserts, strict=True)],
             )
-        for host in changed:
-            self._dirty[host] = rows[host]
+        self._dirty.update(changes.rows)
 
     async def _entries(
         self, conn: asyncpg.Connection, schema: str, hosts: list[str] | None

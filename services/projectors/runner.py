@@ -333,7 +333,7 @@ class ProjectorRunner:
             rows = await reader.after(position)
             events = await _decoded(rows, position)
             if prepare is not None:
-                staged = await prepare(folding, events)
+                staged = await prepare(folding, target, events)
             while rows:
                 through = rows[-1][0]
                 # Batch N's writes run in PostgreSQL while batch N+1 is read and decoded
@@ -347,7 +347,7 @@ class ProjectorRunner:
                     rows = await reader.after(through)
                     upcoming = await _decoded(rows, through)
                     if prepare is not None:
-                        staged = await prepare(folding, upcoming)
+                        staged = await prepare(folding, target, upcoming)
                 except BaseException:
                     await asyncio.gather(applying, return_exceptions=True)
                     if applying.done() and not applying.cancelled() and applying.exception():

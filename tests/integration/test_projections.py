@@ -202,9 +202,9 @@ class FailsOnce:
         if attribute != "prepare":
             return found
 
-        async def prepare(conn, events):  # type: ignore[no-untyped-def]
+        async def prepare(conn, schema, events):  # type: ignore[no-untyped-def]
             self._maybe_fail(events)  # a projection that folds ahead fails there
-            return await found(conn, events)
+            return await found(conn, schema, events)
 
         return prepare
 
