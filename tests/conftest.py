@@ -90,6 +90,28 @@ def router_key(tmp_path_factory: pytest.TempPathFactory) -> X25519PrivateKey:
 @pytest.fixture
 def settings(
     servers: Settings, db_url: str, ca_file: Path, router_key: X25519PrivateKey, tmp_path: Path
+) -> Iterator[Settings]:
+    """This test's settings: its own database, subject prefix and JetStream names (dropped
+    afterwards, so runs on a long-lived NATS server leave nothing behind)."""
+    test_settings = _test_settings(servers, db_url, ca_file, router_key, tmp_path)
+    yield test_settings
+    asyncio.run(_drop_jetstream(test_settings))
+
+
+async def _drop_jetstream(settings: Settings) -> None:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        js = nc.jetstream()
+        with contextlib.suppress(Exception):  # absent when the test started no projector
+            await js.delete_key_value(settings.router_bucket)
+        with contextlib.suppress(Exception):  # absent when the test started no router
+            await js.delete_stream(settings.router_status_stream)
+    finally:
+        await nc.close()
+
+
+def _test_settings(
+    servers: Settings, db_url: str, ca_file: Path, router_key: X25519PrivateKey, tmp_path: Path
 ) -> Settings:
     prefix = f"t{secrets.token_hex(5)}"
     key_file = tmp_path / "router.key"
