@@ -359,11 +359,9 @@ class ProjectorRunner:
                 if forget is not None:
                     forget()
         except LostLead:
-            await _close(folding)
             raise
         except Exception as e:
             await reader.discard()
-            await _close(folding)
             log.error(
                 "%s: rebuild failed at position %d (%s); keeping generation %d",
                 self.name, position + 1, e, live,
@@ -375,7 +373,8 @@ class ProjectorRunner:
             detail = f"rebuild failed: {e}"[:300]
             await store.set_status(conn, self.name, self.instance, self.state.value, detail)
             return live_schema
-        await _close(folding)
+        finally:
+            await _close(folding)  # on every way out, shutdown's cancellation included
         async with conn.transaction():
             await store.point_views(conn, self.projection, generation)
             await conn.execute(
