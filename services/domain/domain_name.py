@@ -12,8 +12,6 @@ import idna
 
 from services.domain.errors import Rejected
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
 
 def normalize_hostname(raw: str) -> str:
     """Return the canonical ASCII hostname or raise `Rejected("invalid_hostname")`."""
@@ -33,12 +31,11 @@ def normalize_hostname(raw: str) -> str:
             hostname=raw,
         ) from e
     labels = ascii_name.split(".")
-    if len(ascii_name) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
+    problem = _problem(raw.strip(), ascii_name, labels)
+    if problem:
         raise Rejected(
             "invalid_hostname",
-            f"{raw!r} is not a valid hostname: use letters, digits and hyphens in dot-separated "
-            "labels of at most 63 characters, like www.example.com (a wildcard only as '*.' "
-            "at the start).",
+            f"{raw!r} is not a valid hostname: {problem}.",
             hostname=raw,
         )
     if labels[-1].isdigit():
@@ -48,6 +45,35 @@ def normalize_hostname(raw: str) -> str:
             hostname=raw,
         )
     return ("*." if wildcard else "") + ascii_name
+
+
+def _problem(typed: str, name: str, labels: list[str]) -> str:
+    """What is wrong with a name, said so that the fix is plain; "" when nothing is."""
+    example = "like www.example.com"
+    if "://" in typed or "/" in typed:
+        host = typed.split("://", 1)[-1].split("/", 1)[0]
+        return f"it looks like a URL; pass only the hostname ({host or 'www.example.com'})"
+    if re.fullmatch(r"[^:]+:\d+", typed):
+        return f"pass the hostname without the port ({typed.rsplit(':', 1)[0]})"
+    if len(name) > 253:
+        return f"it is {len(name)} characters long; a hostname has at most 253"
+    if len(labels) < 2:
+        return f"a custom domain has at least two labels, {example} ({name!r} has one)"
+    for label in labels:
+        if not label:
+            return f"it has an empty label (two dots in a row, or a dot at the start); write it {example}"
+        if label == "*":
+            return "a wildcard may only be the whole first label ('*.example.com')"
+        if len(label) > 63:
+            return (
+                f"the label {label[:20]}... is {len(label)} characters long; a label has at most 63"
+            )
+        if bad := sorted(set(re.sub(r"[a-z0-9-]", "", label))):
+            shown = ", ".join(repr(c) for c in bad)
+            return f"it contains {shown}; a hostname has only letters, digits and hyphens"
+        if label.startswith("-") or label.endswith("-"):
+            return f"the label {label!r} starts or ends with a hyphen"
+    return ""
 
 
 def san_covers(san: str, hostname: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,3 +77,42 @@ def test_covered_by_any() -> None:
 def test_normalization_is_idempotent(raw: str) -> None:
     once = normalize_hostname(raw)
     assert normalize_hostname(once) == once
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("https://shop.example/", "pass only the hostname (shop.example)"),
+        ("shop.example:443", "without the port (shop.example)"),
+        ("localhost", "at least two labels"),
+        ("a..example.com", "empty label"),
+        ("www.*.example.com", "wildcard may only be the whole first label"),
+        ("a" * 64 + ".example.com", "at most 63"),
+        (("a" * 60 + ".") * 5 + "com", "at most 253"),
+        ("under_score.example.com", "contains '_'"),
+        ("bad-.example.com", "'bad-' starts or ends with a hyphen"),
+    ],
+)
+def test_refusal_names_the_problem(raw: str, says: str) -> None:
+    with pytest.raises(Rejected) as e:
+        normalize_hostname(raw)
+    assert says in e.value.message
+
+
+_RFC_1123 = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+@given(st.text(alphabet="ab-_.*:/ 09", max_size=30))
+def test_accepts_exactly_the_rfc_1123_names(raw: str) -> None:
+    """The precise reasons refuse exactly what one LDH-label pattern refuses."""
+    text = raw.strip().rstrip(".")
+    body = text[2:] if text.startswith("*.") else text
+    labels = body.split(".")
+    valid = bool(text) and len(body) <= 253 and len(labels) >= 2
+    valid = valid and all(_RFC_1123.fullmatch(x) for x in labels) and not labels[-1].isdigit()
+    try:
+        normalize_hostname(raw)
+    except Rejected:
+        assert not valid
+    else:
+        assert valid
