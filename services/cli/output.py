@@ -52,7 +52,21 @@ def certificate_details(facts: CertificateFacts) -> str:
         lines.append("SSL certificate is verified by a root authority.")
     else:
         lines.append("SSL certificate is not trusted.")
+        lines.append(untrusted_hint(facts))
     return "\n".join(lines)
+
+
+def untrusted_hint(facts: CertificateFacts) -> str:
+    """Why a chain may not be trusted, from what the bundle held (the usual fix first)."""
+    if len(facts.chain_fingerprints) == 1:
+        return (
+            "The bundle has no intermediate certificates: if your certificate authority sent "
+            "any, pass them too (certs:update INTERMEDIATE... CRT KEY)."
+        )
+    return (
+        "Its chain does not reach a root this platform trusts: check that every intermediate "
+        "is there (certs:chain FILES...), or, for a private CA, ask the operator to trust its root."
+    )
 
 
 def print_json(value: object) -> None:

@@ -301,3 +301,17 @@ def test_the_system_store_loads_without_warnings(recwarn: pytest.WarningsRecorde
         pytest.skip(f"no system trust store at {store}")
     roots, _ = pem_roots(store.read_bytes())
     assert len(roots) > 50 and not recwarn.list
+
+
+def test_an_untrusted_certificate_says_what_to_check(ca, leaf, trust) -> None:
+    from services.cli.output import certificate_details
+
+    alone = inspect_bundle([leaf.cert_pem], leaf.key_pem, now=NOW, trust=trust).facts
+    assert not alone.trusted
+    assert "no intermediate certificates" in certificate_details(alone)
+    chained = [leaf.cert_pem, ca.intermediate.cert_pem]
+    foreign = inspect_bundle(chained, leaf.key_pem, now=NOW, trust=TrustStore([])).facts
+    assert "does not reach a root this platform trusts" in certificate_details(foreign)
+    trusted = inspect_bundle(chained, leaf.key_pem, now=NOW, trust=trust).facts
+    assert "verified by a root authority" in certificate_details(trusted)
+    assert "intermediate" not in certificate_details(trusted).split("Fingerprint")[1]
