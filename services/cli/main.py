@@ -73,8 +73,23 @@ def _position(text: str) -> int:
 
 
 def _fail(code: int, message: str) -> NoReturn:
+    if _line.open:  # "Adding SSL to shop... !" first, as Heroku ends a failed step
+        sys.stdout.flush()
+        print(" !", file=sys.stderr)
+        _line.open = False
     output.warn(message)
     raise SystemExit(code)
+
+
+class _Line:
+    """The progress line a change prints ("Adding SSL to shop... done"): open until it ends,
+    with the command's warnings held until then so that they do not land inside it."""
+
+    open = False
+    warnings: list[str] = []
+
+
+_line = _Line()
 
 
 def _app(args: argparse.Namespace, name: str | None = None) -> str:
@@ -119,12 +134,18 @@ def _control_plane() -> ControlPlane:
 
 def _check(reply: Accepted | Rejected) -> Accepted:
     if isinstance(reply, Rejected):
-        sys.stdout.flush()
-        print(" !", file=sys.stderr)
         _fail(EXIT_REJECTED, f"{reply.message} [{reply.code}]")
     for warning in reply.warnings:
-        output.warn(warning)
+        _warn(warning)
     return reply
+
+
+def _warn(message: str) -> None:
+    """A warning now, or after the progress line if one is open."""
+    if _line.open:
+        _line.warnings = [*_line.warnings, message]
+    else:
+        output.warn(message)
 
 
 READ_YOUR_WRITES_TIMEOUT = 10.0
@@ -149,7 +170,7 @@ async def _projected(
                 return True
             if time.monotonic() > deadline:
                 where = ", ".join(f"{n} at {p}" for n, p in behind.items())
-                output.warn(
+                _warn(
                     f"The change is saved (position {position}), but the read models are behind "
                     f"({where}) after {READ_YOUR_WRITES_TIMEOUT:.0f}s, so what follows may not show "
                     "it yet: check `certplane projections` (is `certplane projector` running?)."
@@ -173,11 +194,16 @@ async def _app_view(cp: ControlPlane, app: str) -> AppView:
 def _progress(text: str, args: argparse.Namespace) -> None:
     if not args.json:
         print(f"{text}... ", end="", flush=True)
+        _line.open = True
 
 
 def _done(args: argparse.Namespace) -> None:
     if not args.json:
-        print("done")
+        print("done", flush=True)
+    _line.open = False
+    warnings, _line.warnings = _line.warnings, []
+    for warning in warnings:
+        output.warn(warning)
 
 
 class _Taken(Exception):
@@ -938,10 +964,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(EXIT_USAGE, str(e))
     except ConfigError as e:  # a CERTPLANE_* variable or a key file: say which, no traceback
         _fail(EXIT_USAGE, str(e))
-    except Unavailable as e:
-        _fail(
-            EXIT_UNREACHABLE, f"{e} (is the control plane running? URL tried: {e.url or 'unknown'})"
-        )
+    except Unavailable as e:  # the message names the URL it tried, or is given it here
+        url = e.url or "unknown"
+        _fail(EXIT_UNREACHABLE, str(e) if url in str(e) else f"{e} (URL tried: {url})")
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     raise SystemExit(EXIT_OK)

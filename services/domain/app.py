@@ -446,6 +446,21 @@ def _add_cert(
         _check_free(state, hostnames, host)
     name = endpoint_name(seed, state.endpoints.keys())
     warnings: list[str] = []
+    twin = next(
+        (
+            e.name
+            for e in state.endpoints.values()
+            if e.certificate.fingerprint_sha256 == cert.facts.fingerprint_sha256
+            and e.endpoint_type is command.endpoint_type
+        ),
+        None,
+    )
+    if twin is not None:  # most often the same command run twice; a migration changes type
+        warnings.append(
+            f"{app} already has this certificate as {twin}; {name} is a second endpoint with it. "
+            f"If that was not the intent, remove one with `certplane certs:remove --name {name} "
+            f"--confirm {app}`."
+        )
     if command.endpoint_type is EndpointType.ENDPOINT:
         assigned = list(dict.fromkeys(requested))  # a legacy endpoint serves whatever SNI does not
     elif requested:

@@ -173,6 +173,20 @@ def test_unreachable_control_plane_exits_3_naming_the_url(settings) -> None:
     assert "s3cr3t" not in result.stderr + result.stdout
     result = run_cli(settings, "apps", CERTPLANE_PREFIX="nobody-listens-here")
     assert result.returncode == 3 and "no certplane gateway is answering" in result.stderr
+    assert result.stderr.count(settings.nats_url) == 1  # named once, not twice
+
+
+def test_a_certificate_added_twice_warns_after_the_progress_line(
+    settings, projector_process, files
+) -> None:
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "www.example.com", "-a", "shop")
+    add = ("certs:add", str(files["chain"]), str(files["crt"]), str(files["key"]), "-a", "shop")
+    first = json.loads(ok(settings, *add, "--json").stdout)["events"][-1]["endpoint"]
+    again = ok(settings, *add)
+    assert again.stdout.startswith("Adding SSL to shop... done\n")
+    assert f"shop already has this certificate as {first}" in again.stderr
+    assert len(json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)) == 2
 
 
 def test_local_helpers_order_a_chain_and_find_the_key(

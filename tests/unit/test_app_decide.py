@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from functools import reduce
 
 import pytest
@@ -56,7 +57,7 @@ def cert(*sans: str, key_id: str = "key-1") -> PreparedCert:
         sans=list(sans),
         not_before=NOW,
         not_after=NOW + dt.timedelta(days=90),
-        fingerprint_sha256="f" * 64,
+        fingerprint_sha256=hashlib.sha256(repr((sans, key_id)).encode()).hexdigest(),
         serial="1",
         key_type="EC secp256r1",
         key_bits=256,
@@ -239,6 +240,23 @@ def test_update_warns_when_the_new_cert_drops_a_served_domain() -> None:
         prepared=cert("api.example.com", key_id="k2"),
     )
     assert d.warnings and "www.example.com" in d.warnings[0]
+
+
+def test_adding_a_certificate_the_app_has_already_warns_but_a_migration_does_not() -> None:
+    state, _ = run(app_with("www.example.com"), add_cert(), prepared=cert("www.example.com"))
+    (first,) = state.endpoints
+    again, d = run(state, add_cert(), seed="cmd-2", prepared=cert("www.example.com"))
+    assert len(again.endpoints) == 2
+    assert d.warnings and f"already has this certificate as {first}" in d.warnings[0]
+    _, d = run(state, add_cert(), seed="cmd-3", prepared=cert("www.example.com", key_id="k9"))
+    assert not d.warnings  # another certificate for the same names: a new endpoint, as asked
+    legacy, _ = run(
+        app_with("www.example.com"),
+        add_cert(endpoint_type=EndpointType.ENDPOINT),
+        prepared=cert("www.example.com"),
+    )
+    _, d = run(legacy, add_cert(), seed="cmd-4", prepared=cert("www.example.com"))
+    assert not d.warnings  # legacy SSL Endpoint -> SNI, the same certificate
 
 
 def test_several_endpoints_need_a_name() -> None:
