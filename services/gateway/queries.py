@@ -58,7 +58,7 @@ class ReadModels:
             )
             endpoints = await self._pool.fetch(
                 "select name, endpoint_type, certificate::text, domains from certificates.endpoints"
-                " where app = $1 order by position, name",
+                " where app = $1 order by name",  # a stable order: updates do not move rows
                 app,
             )
         except asyncpg.UndefinedTableError:
