@@ -334,6 +334,14 @@ class _Parsed:
         self.fingerprint: bytes = cert.fingerprint(_SHA256)
 
     @functools.cached_property
+    def public_key(self) -> object:
+        return self.cert.public_key()
+
+    @functools.cached_property
+    def pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    @functools.cached_property
     def subject(self) -> x509.Name:
         return self.cert.subject
 
@@ -354,6 +362,21 @@ class _Parsed:
     def subject_key_id(self) -> bytes | None:
         ski = _extension(self.cert, x509.SubjectKeyIdentifier)
         return ski.digest if ski is not None else None
+
+
+_PARSED: dict[bytes, _Parsed] = {}
+_PARSED_MAX = 256
+
+
+def _parsed(der: bytes) -> _Parsed:
+    """A certificate read from DER, remembered: uploads repeat the same few intermediates,
+    whose names, key ids and fingerprint are then read once (facts of the bytes alone)."""
+    found = _PARSED.get(der)
+    if found is None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        found = _PARSED[der] = _Parsed(x509.load_der_x509_certificate(der))
+    return found
 
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
@@ -414,19 +437,20 @@ def order_chain(
     With `verify_signatures=False` links are found by name and key id only; the caller must
     then check the signatures (the trust verifier does, for a trusted chain).
     """
-    return [p.cert for p in _order(certificates, leaf, verify_signatures=verify_signatures)]
+    parsed = [_Parsed(c) for c in certificates]
+    first = _Parsed(leaf) if leaf is not None else None
+    return [p.cert for p in _order(parsed, first, verify_signatures=verify_signatures)]
 
 
 def _order(
-    certificates: list[x509.Certificate],
-    leaf: x509.Certificate | None = None,
+    certificates: list[_Parsed],
+    leaf: _Parsed | None = None,
     *,
     verify_signatures: bool = True,
 ) -> list[_Parsed]:
     links = _issued_by if verify_signatures else _names_link
     unique: dict[bytes, _Parsed] = {}
-    for cert in certificates:
-        parsed = _Parsed(cert)
+    for parsed in certificates:
         unique.setdefault(parsed.fingerprint, parsed)
     pool = list(unique.values())
     if leaf is None:
@@ -434,7 +458,7 @@ def _order(
         leaves = [c for c in pool if id(c) not in issuers]
         first = leaves[0] if leaves else pool[0]
     else:
-        first = unique[leaf.fingerprint(_SHA256)]
+        first = unique[leaf.fingerprint]
     chain = [first]
     rest = [c for c in pool if c is not first]
     while rest:
@@ -475,9 +499,9 @@ def inspect_bundle(
             f"found {len(material.keys)}.",
         )
     key = load_private_key(material.keys[0])
-    certs = [x509.load_der_x509_certificate(der) for der in material.certificates]
-    key_id = _public_id(key.public_key())
-    leaf = next((c for c in certs if _public_id(c.public_key()) == key_id), None)
+    certs = [_parsed(der) for der in material.certificates]
+    public = key.public_key()  # compared by value (EVP_PKEY_eq), cheaper than its numbers
+    leaf = next((c for c in certs if c.public_key == public), None)
     if leaf is None:
         raise KeyMismatch(
             "The private key does not match the certificate: find the key that was generated "
@@ -490,7 +514,7 @@ def inspect_bundle(
         # add a kilobyte or two to every handshake. Trust is decided against the roots of the
         # trust store, with or without it.
         chain = chain[:-1]
-    _check_validity(leaf, now)
+    _check_validity(leaf.cert, now)
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise Rejected(
             "key_too_weak",
@@ -503,7 +527,7 @@ def inspect_bundle(
         _check_signatures(chain)
     return Bundle(
         facts=facts,
-        chain_pem="".join(p.cert.public_bytes(serialization.Encoding.PEM).decode() for p in chain),
+        chain_pem="".join(p.pem for p in chain),
         private_key_pem=key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
