@@ -40,6 +40,7 @@ log = logging.getLogger("certplane.projector")
 
 RETRY_SCHEDULE_S = (0.05, 0.25, 1.0)  # then it is a dead letter
 REBUILD_BATCH = 5000  # a rebuild reads ahead of nobody: larger batches, fewer commits
+REBUILD_REPORT_S = 1.0  # how often a rebuild's progress is written to projector_status
 CHANNEL = "certplane_events"
 
 
@@ -244,7 +245,9 @@ class ProjectorRunner:
                     await asyncio.wait_for(self._wait(stop), self.poll_interval)
                 if self.linger:  # trade latency for fewer, larger batches
                     await asyncio.sleep(self.linger)
-        await store.set_status(conn, self.name, self.instance, "stopped", "shut down")
+        # Gone, not "stopped" (which says a dead letter waits for an operator): for ten
+        # seconds `projections` would have shown a restarted projector as stopped.
+        await store.clear_status(conn, self.name, self.instance)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -318,6 +321,7 @@ class ProjectorRunner:
         await store.set_status(conn, self.name, self.instance, self.state.value, detail)
         self.projection.reset()
         position, started = 0, time.perf_counter()
+        head, reported = await store.head(conn), started
         await self._reader.discard()
         types = self.projection.event_types
         reader = BatchReader(self._reader.conn, self.rebuild_batch, types, metadata=self._metadata)
@@ -358,6 +362,12 @@ class ProjectorRunner:
                 position, events = through, upcoming
                 if forget is not None:
                     forget()
+                if time.perf_counter() - reported >= REBUILD_REPORT_S:  # for `projections`
+                    reported = time.perf_counter()
+                    progress = _progress(position, head, reported - started)
+                    await store.set_status(
+                        conn, self.name, self.instance, self.state.value, f"{detail}: {progress}"
+                    )
         except LostLead:
             raise
         except Exception as e:
@@ -491,6 +501,16 @@ class ProjectorRunner:
             self._metrics.lag(*await store.lag(conn, self.position))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
+
+
+def _progress(position: int, head: int, seconds: float) -> str:
+    """'412,000 of 1,000,012 events (41%), 9s left' for an operator watching a rebuild."""
+    rate = position / seconds if seconds > 0 else 0.0
+    head = max(head, position)  # events appended since the rebuild began
+    text = f"{position:,} of {head:,} events ({100 * position // max(head, 1)}%)"
+    if rate > 0 and head > position:
+        text += f", {(head - position) / rate:.0f}s left"
+    return text
 
 
 async def _decoded(rows: list[asyncpg.Record], after: int) -> list[StoredEvent]:

@@ -168,3 +168,10 @@ async def set_status(
         state,
         detail,
     )
+
+
+async def clear_status(conn: asyncpg.Connection, name: str, instance: str) -> None:
+    """Forget an instance that shut down cleanly."""
+    await conn.execute(
+        "delete from projector_status where name = $1 and instance = $2", name, instance
+    )

@@ -293,6 +293,75 @@ async def test_a_rebuild_in_many_batches_equals_the_live_rows_and_a_failed_one_k
         await conn.close()
 
 
+class PausesHalfWay:
+    """A projection whose fold waits at the batch holding `pause_at` until `go` is set."""
+
+    def __init__(self, inner, pause_at: int) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.pause_at = inner, pause_at
+        self.paused, self.go = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, attribute: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, attribute)
+
+    async def prepare(self, conn, schema, events):  # type: ignore[no-untyped-def]
+        if any(e.position >= self.pause_at for e in events) and not self.go.is_set():
+            self.paused.set()
+            await self.go.wait()
+        return await self.inner.prepare(conn, schema, events)
+
+
+async def test_a_rebuild_reports_its_progress_and_a_clean_stop_leaves_no_stopped_row(
+    cp, projectors, ca, settings, db_url, monkeypatch
+) -> None:
+    """`certplane projections` shows how far a rebuild is ("N of M events"); a projector
+    that shuts down cleanly is gone from it, not "stopped" (which means a dead letter)."""
+    from services.projectors import runner as runner_module
+    from services.projectors.service import build
+
+    monkeypatch.setattr(runner_module, "REBUILD_REPORT_S", 0.0)
+    head = await busy_history(cp, ca)
+    projection = build("certificates", settings, None)
+    projection.name = "certificates_progress"
+    paused = PausesHalfWay(projection, pause_at=head // 2)
+    runner = ProjectorRunner(paused, db_url, batch_size=4, rebuild_batch=4, poll_interval=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    conn = await asyncpg.connect(db_url)
+
+    async def status() -> list[tuple[str, str]]:
+        rows = await conn.fetch(
+            "select state, detail from projector_status where name = 'certificates_progress'"
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    try:
+        paused.go.set()  # the first catch-up runs through
+        for _ in range(400):
+            if runner.position == head:
+                break
+            await asyncio.sleep(0.05)
+        paused.go.clear()
+        assert runner.request_rebuild()
+        await asyncio.wait_for(paused.paused.wait(), 20)
+        [(state, detail)] = await status()
+        done = int(detail.split(": ")[1].split(" of ")[0].replace(",", ""))
+        assert state == "rebuilding" and 0 < done < head, detail
+        assert f" of {head:,} events (" in detail, detail
+        paused.go.set()
+        for _ in range(400):
+            if (await status())[0] == ("running", "generation 2"):
+                break
+            await asyncio.sleep(0.05)
+        assert await status() == [("running", "generation 2")]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    try:
+        assert await status() == []
+    finally:
+        await conn.close()
+
+
 async def _true(value: bool) -> bool:
     return value
 
