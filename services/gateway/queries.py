@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import asyncpg
 import msgspec
@@ -25,11 +26,20 @@ from events.replies import (
 
 PROJECTIONS = ("certificates", "dns_targets", "router_config", "audit")
 _FACTS = msgspec.json.Decoder(CertificateFacts)
-_NOT_READY = Rejected(
-    code="projections_unavailable",
-    message="The read models do not exist yet: start the projectors (`certplane projector`, or "
-    "`certplane dev` which runs everything) and try again.",
-)
+
+
+def _not_ready(error: asyncpg.UndefinedTableError) -> Rejected:
+    """The read model a query needs has no tables yet: name it, and what creates it."""
+    found = re.search(r'relation "(\w+)\.', str(error))
+    name = found.group(1) if found and found.group(1) in PROJECTIONS else None
+    what = f"The {name} read model does not" if name else "The read models do not"
+    run = f"`certplane projector {name}`" if name else "`certplane projector`"
+    return Rejected(
+        code="projections_unavailable",
+        message=f"{what} exist yet: start the projectors ({run}, or `certplane dev` which runs "
+        "everything) and try again.",
+        details={"projection": name} if name else {},
+    )
 
 
 class ReadModels:
@@ -41,8 +51,8 @@ class ReadModels:
             rows = await self._pool.fetch(
                 "select name, domains, endpoints from certificates.apps order by name"
             )
-        except asyncpg.UndefinedTableError:
-            return _NOT_READY
+        except asyncpg.UndefinedTableError as e:
+            return _not_ready(e)
         return AppsView(apps=[AppSummary(name=r[0], domains=r[1], endpoints=r[2]) for r in rows])
 
     async def app(self, app: str) -> AppView | Rejected:
@@ -61,8 +71,8 @@ class ReadModels:
                 " where app = $1 order by name",  # a stable order: updates do not move rows
                 app,
             )
-        except asyncpg.UndefinedTableError:
-            return _NOT_READY
+        except asyncpg.UndefinedTableError as e:
+            return _not_ready(e)
         if not exists:
             return Rejected(
                 code="app_not_found",
@@ -147,6 +157,6 @@ class ReadModels:
                 until,
                 min(max(params.limit, 1), 10_000),
             )
-        except asyncpg.UndefinedTableError:
-            return _NOT_READY
+        except asyncpg.UndefinedTableError as e:
+            return _not_ready(e)
         return AuditView(entries=[AuditEntry(**dict(r)) for r in rows])

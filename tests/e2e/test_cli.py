@@ -144,6 +144,8 @@ def test_apps_create_without_a_name_makes_one_up(settings, projector_process) ->
 def test_reads_without_projectors_say_to_start_them(settings, gateway_process) -> None:
     result = run_cli(settings, "apps")
     assert result.returncode == 1 and "start the projectors" in result.stderr
+    assert "The certificates read model does not exist yet" in result.stderr
+    assert "`certplane projector certificates`" in result.stderr
     assert "Traceback" not in result.stderr
 
 
