@@ -293,7 +293,9 @@ def decide(
             )
         case AddCert():
             assert cert is not None, "the gateway prepares the bundle before deciding"
-            return _add_cert(state, hostnames, command, cert, seed)
+            decision = _add_cert(state, hostnames, command, cert, seed)
+            decision.warnings.extend(_expiry_warnings(cert.facts, now))
+            return decision
         case UpdateCert(name=name, bypass=bypass):
             assert cert is not None, "the gateway prepares the bundle before deciding"
             endpoint = _endpoint(state, name)
@@ -307,6 +309,7 @@ def decide(
                     f"{endpoint.name} serves: browsers will show an error for them. Upload a "
                     "certificate whose names include them, or pass --bypass to silence this."
                 )
+            warnings += _expiry_warnings(cert.facts, now, replaced=endpoint.certificate)
             event = CertUpdated(
                 app=app,
                 endpoint=endpoint.name,
@@ -337,6 +340,33 @@ def decide(
     raise Rejected(
         "unknown_command", f"certplane does not know the command {type(command).__name__}."
     )
+
+
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
+def _expiry_warnings(
+    facts: CertificateFacts, now: dt.datetime, replaced: CertificateFacts | None = None
+) -> list[str]:
+    """What an owner should hear about a certificate's lifetime while it can still act."""
+    warnings = []
+    left = facts.not_after - now
+    if left <= EXPIRY_WARNING:
+        warnings.append(
+            f"The certificate expires on {facts.not_after:%Y-%m-%d %H:%M} UTC, in "
+            f"{max(left.days, 0)} days: renew it soon (`certplane certs` lists every expiry)."
+        )
+    if replaced is not None and facts.fingerprint_sha256 == replaced.fingerprint_sha256:
+        warnings.append(
+            "The new certificate is the one the endpoint already had: only its key was "
+            "encrypted again."
+        )
+    elif replaced is not None and facts.not_after < replaced.not_after:
+        warnings.append(
+            f"The new certificate expires before the one it replaces ({facts.not_after:%Y-%m-%d} "
+            f"against {replaced.not_after:%Y-%m-%d}): check that it is the renewed one."
+        )
+    return warnings
 
 
 def _require_app(state: AppState) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 from functools import reduce
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -257,6 +258,26 @@ def test_adding_a_certificate_the_app_has_already_warns_but_a_migration_does_not
     )
     _, d = run(legacy, add_cert(), seed="cmd-4", prepared=cert("www.example.com"))
     assert not d.warnings  # legacy SSL Endpoint -> SNI, the same certificate
+
+
+def test_a_certificate_near_its_end_or_older_than_the_one_it_replaces_warns() -> None:
+    soon = cert("www.example.com", key_id="soon")
+    soon = PreparedCert(
+        facts=msgspec.structs.replace(soon.facts, not_after=NOW + dt.timedelta(days=12)),
+        chain_pem=soon.chain_pem,
+        key=soon.key,
+    )
+    state, d = run(app_with("www.example.com"), add_cert(), prepared=soon)
+    assert any("in 12 days: renew it soon" in w for w in d.warnings), d.warnings
+    fresh = cert("www.example.com", key_id="fresh")
+    state, d = run(state, UpdateCert(app="demo", certificates=[b"x"], key=SEALED), prepared=fresh)
+    assert not d.warnings  # a renewal: later expiry, other certificate
+    _, d = run(state, UpdateCert(app="demo", certificates=[b"x"], key=SEALED), prepared=soon)
+    assert any("expires before the one it replaces" in w for w in d.warnings), d.warnings
+    _, d = run(state, UpdateCert(app="demo", certificates=[b"x"], key=SEALED), prepared=fresh)
+    assert d.warnings == [
+        "The new certificate is the one the endpoint already had: only its key was encrypted again."
+    ]
 
 
 def test_several_endpoints_need_a_name() -> None:
