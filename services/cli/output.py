@@ -58,6 +58,11 @@ def certificate_details(facts: CertificateFacts) -> str:
 
 def untrusted_hint(facts: CertificateFacts) -> str:
     """Why a chain may not be trusted, from what the bundle held (the usual fix first)."""
+    if not facts.sans:
+        return (
+            "It names no DNS names (no subjectAltName), and clients ignore the Common Name: "
+            "ask the certificate authority for one that lists the hostnames as SANs."
+        )
     if len(facts.chain_fingerprints) == 1:
         return (
             "The bundle has no intermediate certificates: if your certificate authority sent "

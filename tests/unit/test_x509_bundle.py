@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -315,3 +316,5 @@ def test_an_untrusted_certificate_says_what_to_check(ca, leaf, trust) -> None:
     trusted = inspect_bundle(chained, leaf.key_pem, now=NOW, trust=trust).facts
     assert "verified by a root authority" in certificate_details(trusted)
     assert "intermediate" not in certificate_details(trusted).split("Fingerprint")[1]
+    no_names = msgspec.structs.replace(foreign, sans=[])
+    assert "names no DNS names (no subjectAltName)" in certificate_details(no_names)
