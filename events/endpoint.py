@@ -103,12 +103,21 @@ class CertUpdated(Event, tag="cert.updated"):
 
 
 class CertRemoved(Event, tag="cert.removed"):
+    """The endpoint is gone and its data key destroyed. `reassigned` maps each hostname it
+    served to the endpoint that serves it from now on (the newest other SNI certificate that
+    covers it); a hostname it does not list is left without one (a legacy SSL Endpoint, if
+    the app has one, then serves it). Absent in events written before it existed."""
+
     app: str
     endpoint: str
     shredded_key_ids: list[str] = []
+    reassigned: dict[str, str] = {}
 
 
 class EndpointDestroyed(Event, tag="endpoint.destroyed"):
+    """As `CertRemoved`, for the DestroyEndpoint command."""
+
     app: str
     endpoint: str
     shredded_key_ids: list[str] = []
+    reassigned: dict[str, str] = {}

@@ -478,6 +478,9 @@ async def certs_remove(args: argparse.Namespace) -> None:
     _confirm(args, app, "command removes an SSL certificate (and destroys its private key) from")
     label = f"Removing SSL certificate {args.name or ''} from {app}".replace("  ", " ")
     reply = await _change(args, label, RemoveCert(app=app, name=args.name))
+    moved = getattr(reply.events[-1], "reassigned", {}) if reply.events else {}
+    for host, endpoint in sorted(moved.items()) if not args.json else ():
+        print(f"{host} is now served by {endpoint} (its certificate covers it)")
     if args.wait:
         async with _control_plane() as cp:
             await _maybe_wait(cp, args, reply.position)

@@ -167,12 +167,15 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
                 key=key,
             )
             return _with(state, endpoints={**state.endpoints, name: updated})
-        case CertRemoved(endpoint=name) | EndpointDestroyed(endpoint=name):
+        case (
+            CertRemoved(endpoint=name, reassigned=moved)
+            | EndpointDestroyed(endpoint=name, reassigned=moved)
+        ):
             return _with(
                 state,
                 endpoints={n: e for n, e in state.endpoints.items() if n != name},
                 domains={
-                    h: DomainState(h, None, d.dns_verified) if d.endpoint == name else d
+                    h: DomainState(h, moved.get(h), d.dns_verified) if d.endpoint == name else d
                     for h, d in state.domains.items()
                 },
             )
@@ -321,20 +324,20 @@ def decide(
             return Decision([(app_stream(app), event)], warnings)
         case RemoveCert(name=name):
             endpoint = _endpoint(state, name)
-            return Decision(
-                [
-                    (
-                        app_stream(app),
-                        CertRemoved(
-                            app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]
-                        ),
-                    )
-                ]
+            removed = CertRemoved(
+                app=app,
+                endpoint=endpoint.name,
+                shredded_key_ids=[endpoint.key_id],
+                reassigned=_fallbacks(state, endpoint.name),
             )
+            return Decision([(app_stream(app), removed)])
         case DestroyEndpoint(name=name):
             endpoint = _endpoint(state, name)
             destroyed = EndpointDestroyed(
-                app=app, endpoint=endpoint.name, shredded_key_ids=[endpoint.key_id]
+                app=app,
+                endpoint=endpoint.name,
+                shredded_key_ids=[endpoint.key_id],
+                reassigned=_fallbacks(state, endpoint.name),
             )
             return Decision([(app_stream(app), destroyed)])
     raise Rejected(
@@ -408,13 +411,26 @@ def _existing_domain(state: AppState, raw: str) -> str:
     return host
 
 
-def _covering_sni_endpoint(state: AppState, host: str) -> str | None:
+def _covering_sni_endpoint(state: AppState, host: str, but: str | None = None) -> str | None:
     for endpoint in reversed(list(state.endpoints.values())):  # newest certificate wins
-        if endpoint.endpoint_type is EndpointType.SNI and covered_by(
-            endpoint.certificate.sans, host
+        if (
+            endpoint.endpoint_type is EndpointType.SNI
+            and endpoint.name != but
+            and covered_by(endpoint.certificate.sans, host)
         ):
             return endpoint.name
     return None
+
+
+def _fallbacks(state: AppState, gone: str) -> dict[str, str]:
+    """Who serves the hostnames of an endpoint being removed: the newest other SNI endpoint
+    whose certificate covers each, as `domains:add` would pick (no outage for a hostname
+    another certificate already covers)."""
+    moved = {}
+    for host, domain in sorted(state.domains.items()):
+        if domain.endpoint == gone and (other := _covering_sni_endpoint(state, host, gone)):
+            moved[host] = other
+    return moved
 
 
 def _endpoint(state: AppState, name: str | None) -> EndpointState:

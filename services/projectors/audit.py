@@ -58,13 +58,20 @@ def describe(event: object) -> tuple[str, str, str]:
                     f"SHA-256 {c.fingerprint_sha256[:16]}…; previous private key crypto-shredded"
                 ),
             )
-        case CertRemoved(app=app, endpoint=name):
-            return app, name, "certificate removed; private key crypto-shredded"
-        case EndpointDestroyed(app=app, endpoint=name):
-            return app, name, "endpoint destroyed; private key crypto-shredded"
+        case CertRemoved(app=app, endpoint=name, reassigned=moved):
+            return app, name, "certificate removed; private key crypto-shredded" + _moved(moved)
+        case EndpointDestroyed(app=app, endpoint=name, reassigned=moved):
+            return app, name, "endpoint destroyed; private key crypto-shredded" + _moved(moved)
         case ProjectionSkipped(projection=name, position=position, event_type=kind, reason=reason):
             return "", name, f"projection {name} skipped position {position} ({kind}): {reason}"
     return "", "", type(event).__name__
+
+
+def _moved(reassigned: dict[str, str]) -> str:
+    by: dict[str, list[str]] = {}
+    for host, endpoint in sorted(reassigned.items()):
+        by.setdefault(endpoint, []).append(host)
+    return "".join(f"; {', '.join(hosts)} now served by {e}" for e, hosts in by.items())
 
 
 def trace_id(traceparent: str) -> str:

@@ -36,7 +36,9 @@ class CertificatesProjection:
     reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
     # 2: a legacy SSL Endpoint's row lists the domains it serves (those no SNI endpoint
     # claims), not only those assigned to it by name
-    version = 2
+    # 3: a removed endpoint's domains move to the endpoints its event names (`reassigned`);
+    # an older release would leave them unserved, so it must not lead on such a log
+    version = 3
 
     def __init__(self) -> None:
         self.states = AppStates()

@@ -73,6 +73,9 @@ class RouterConfigProjection:
     tables = ("router_config",)
     event_types = APP_EVENT_TYPES
     reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
+    # 2: a removed endpoint's hostnames are served by the endpoints its event names
+    # (`reassigned`); an older release would stop serving them, so it must not lead
+    version = 2
 
     def __init__(self, master: MasterKey, router_public: bytes, kv: KeyValue | None) -> None:
         self.master = master

@@ -190,6 +190,11 @@ def test_a_certificate_added_twice_warns_after_the_progress_line(
     assert f"shop already has this certificate as {first}" in again.stderr
     listed = [e["name"] for e in json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)]
     assert len(listed) == 2 and listed == sorted(listed)  # by name, not by last change
+    (second,) = set(listed) - {first}
+    removed = ok(settings, "certs:remove", "--name", second, "--confirm", "shop", "-a", "shop")
+    assert f"www.example.com is now served by {first}" in removed.stdout
+    info = ok(settings, "domains:info", "www.example.com", "-a", "shop").stdout
+    assert f"SNI Endpoint:    {first}" in info
 
 
 def test_local_helpers_order_a_chain_and_find_the_key(

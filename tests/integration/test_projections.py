@@ -396,6 +396,36 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     await nc.close()
 
 
+async def test_removing_the_newer_of_two_covering_certificates_keeps_the_hostname_served(
+    cp, projectors, ca, settings
+) -> None:
+    """No outage: the hostname moves to the older certificate, in the KV and the views."""
+    await cp.command(CreateApp(app="shop"))
+    await cp.command(AddDomain(app="shop", hostname="www.example.com"))
+    wild = ca.leaf("*.example.com")
+    first = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+    www = ca.leaf("www.example.com")
+    second = await add_cert(cp, "shop", [www.cert_pem, ca.intermediate.cert_pem], www.key_pem)
+    older, newer = first.events[-1].endpoint, second.events[-1].endpoint
+    removed = await cp.command(RemoveCert(app="shop", name=newer))
+    assert removed.events[-1].reassigned == {"www.example.com": older}
+    await projected(cp, removed.position)
+    await kv_published(settings, removed.position)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(settings.router_bucket)
+        entry = msgspec.json.decode(
+            (await kv.get(kv_key("www.example.com"))).value, type=RouterConfigEntry
+        )
+    finally:
+        await nc.close()
+    assert entry.endpoint == older and entry.position == removed.position
+    assert entry.chain_pem.startswith(wild.cert_pem.decode())
+    view = await cp.query("shop", "app")
+    assert [(d.hostname, d.endpoint) for d in view.domains] == [("www.example.com", older)]
+    assert [e.domains for e in view.endpoints] == [["www.example.com"]]
+
+
 async def test_a_wiped_bucket_is_repopulated(cp, ca, settings, gateway) -> None:
     from services.projectors.service import run_projectors
 

@@ -280,6 +280,38 @@ def test_a_certificate_near_its_end_or_older_than_the_one_it_replaces_warns() ->
     ]
 
 
+def test_removing_a_certificate_hands_its_domains_to_another_that_covers_them() -> None:
+    state, _ = run(
+        app_with("www.example.com", "api.example.com", "shop.example.org"),
+        add_cert(),
+        prepared=cert("*.example.com", key_id="wild"),
+    )
+    (wild,) = state.endpoints
+    state, _ = run(
+        state, add_cert(bypass=True), seed="cmd-2", prepared=cert("www.example.com", key_id="www")
+    )
+    (www,) = set(state.endpoints) - {wild}
+    state, _ = run(
+        state,
+        add_cert(domains=["shop.example.org"], bypass=True),
+        seed="cmd-3",
+        prepared=cert("shop.example.org", key_id="shop"),
+    )
+    assert state.domains["www.example.com"].endpoint == www  # the newest covering one
+    after, d = run(state, RemoveCert(app="demo", name=www))
+    ((_, removed),) = d.events
+    assert isinstance(removed, CertRemoved)
+    assert removed.reassigned == {"www.example.com": wild}
+    assert after.served_by(wild) == ["api.example.com", "www.example.com"]
+    # nothing else covers shop.example.org: it is left without an endpoint, as before
+    after, d = run(after, RemoveCert(app="demo", name=next(iter(set(after.endpoints) - {wild}))))
+    assert d.events[0][1].reassigned == {}  # type: ignore[union-attr]
+    assert after.domains["shop.example.org"].endpoint is None
+    # events written before `reassigned` existed fold as they did
+    old = CertRemoved(app="demo", endpoint=www, shredded_key_ids=["www"])
+    assert evolve(state, old).domains["www.example.com"].endpoint is None
+
+
 def test_several_endpoints_need_a_name() -> None:
     state, _ = run(app_with(), add_cert(bypass=True), prepared=cert("a.example.com"))
     state, _ = run(
