@@ -13,6 +13,15 @@ class RemoveDomain(AppCommand, tag="domain.remove"):
     hostname: str
 
 
+class UpdateDomain(AppCommand, tag="domain.update"):
+    """Choose the SNI endpoint that serves a domain (`heroku domains:update HOST --cert NAME`);
+    `bypass` allows one whose certificate does not cover it."""
+
+    hostname: str
+    endpoint: str
+    bypass: bool = False
+
+
 class VerifyDns(AppCommand, tag="domain.verify_dns"):
     """Records the result of a DNS check (the check itself is ACM's job)."""
 
@@ -32,6 +41,14 @@ class DomainAdded(Event, tag="domain.added"):
 class DomainRemoved(Event, tag="domain.removed"):
     app: str
     hostname: str
+
+
+class DomainUpdated(Event, tag="domain.updated"):
+    """The domain is served by the SNI endpoint `endpoint` from now on."""
+
+    app: str
+    hostname: str
+    endpoint: str
 
 
 class DnsVerified(Event, tag="domain.dns_verified"):

@@ -9,9 +9,11 @@ from events.domain import (
     DnsVerified,
     DomainAdded,
     DomainRemoved,
+    DomainUpdated,
     HostnameClaimed,
     HostnameReleased,
     RemoveDomain,
+    UpdateDomain,
     VerifyDns,
 )
 from events.endpoint import (
@@ -31,6 +33,7 @@ AppEvent = (
     | AppDestroyed
     | DomainAdded
     | DomainRemoved
+    | DomainUpdated
     | DnsVerified
     | CertAdded
     | CertUpdated
@@ -46,6 +49,7 @@ AnyCommand = (
     | DestroyApp
     | AddDomain
     | RemoveDomain
+    | UpdateDomain
     | VerifyDns
     | AddCert
     | UpdateCert
@@ -59,6 +63,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     AppDestroyed,
     DomainAdded,
     DomainRemoved,
+    DomainUpdated,
     DnsVerified,
     CertAdded,
     CertUpdated,
@@ -73,6 +78,7 @@ COMMAND_TYPES: tuple[type, ...] = (
     DestroyApp,
     AddDomain,
     RemoveDomain,
+    UpdateDomain,
     VerifyDns,
     AddCert,
     UpdateCert,

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from events.app import CreateApp, DestroyApp
 from events.base import Command
 from events.codec import QUERY_REPLY_DECODER
-from events.domain import AddDomain, RemoveDomain
+from events.domain import AddDomain, RemoveDomain, UpdateDomain
 from events.endpoint import AddCert, EndpointType, RemoveCert, UpdateCert
 from events.projection import SkipProjection
 from events.replies import (
@@ -319,6 +319,13 @@ async def domains_remove(args: argparse.Namespace) -> None:
     app = _app(args)
     label = f"Removing {args.hostname} from {app}"
     await _change(args, label, RemoveDomain(app=app, hostname=args.hostname))
+
+
+async def domains_update(args: argparse.Namespace) -> None:
+    app = _app(args)
+    label = f"Updating {args.hostname} to use {args.cert} certificate"
+    command = UpdateDomain(app=app, hostname=args.hostname, endpoint=args.cert, bypass=args.bypass)
+    await _change(args, label, command)
 
 
 # -- certs --------------------------------------------------------------------------------
@@ -817,6 +824,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "domains:info", domains_info, "show a custom domain's DNS target and endpoint")
     p.add_argument("hostname")
+
+    p = _add(sub, "domains:update", domains_update, "choose the SNI certificate serving a domain")
+    p.add_argument("hostname")
+    p.add_argument(
+        "--cert", required=True, metavar="NAME", help="the certificate (certs lists them)"
+    )
+    p.add_argument(
+        "--bypass", action="store_true", help="serve it even if the certificate does not cover it"
+    )
 
     p = _add(sub, "certs:add", certs_add, "add an SSL certificate to an app")
     p.add_argument(

@@ -23,9 +23,11 @@ from events.domain import (
     DnsVerified,
     DomainAdded,
     DomainRemoved,
+    DomainUpdated,
     HostnameClaimed,
     HostnameReleased,
     RemoveDomain,
+    UpdateDomain,
     VerifyDns,
 )
 from events.endpoint import (
@@ -146,6 +148,11 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
             if host not in state.domains:
                 return state
             domain = replace(state.domains[host], dns_verified=verified)
+            return _with(state, domains={**state.domains, host: domain})
+        case DomainUpdated(hostname=host, endpoint=name):
+            if host not in state.domains:
+                return state
+            domain = replace(state.domains[host], endpoint=name)
             return _with(state, domains={**state.domains, host: domain})
         case CertAdded(
             endpoint=name, endpoint_type=kind, certificate=facts, key=key, domains=hosts
@@ -283,6 +290,34 @@ def decide(
                     (app_stream(app), DomainRemoved(app=app, hostname=host)),
                     (hostname_stream(host), HostnameReleased(app=app, hostname=host)),
                 ]
+            )
+        case UpdateDomain(hostname=raw, endpoint=name, bypass=bypass):
+            host = _existing_domain(state, raw)
+            endpoint = _endpoint(state, name)
+            if endpoint.endpoint_type is not EndpointType.SNI:
+                raise Rejected(
+                    "endpoint_not_sni",
+                    f"{name} is {app}'s legacy SSL Endpoint, which serves every domain no SNI "
+                    "certificate claims: choose an SNI certificate (`certplane certs`), or remove "
+                    f"the one that serves {host} now.",
+                    endpoint=name,
+                )
+            if not bypass and not covered_by(endpoint.certificate.sans, host):
+                raise Rejected(
+                    "domain_not_covered",
+                    f"{name}'s certificate does not cover {host} (it covers "
+                    f"{', '.join(endpoint.certificate.sans) or 'no DNS names'}): choose one that "
+                    "does, or pass --bypass to serve it anyway.",
+                    hostnames=host,
+                )
+            if state.domains[host].endpoint == name:
+                raise Rejected(
+                    "domain_unchanged",
+                    f"{host} is served by {name} already: nothing to change.",
+                    hostname=host,
+                )
+            return Decision(
+                [(app_stream(app), DomainUpdated(app=app, hostname=host, endpoint=name))]
             )
         case VerifyDns(hostname=raw, verified=verified, detail=detail):
             host = _existing_domain(state, raw)
@@ -551,7 +586,7 @@ def hosts_changed(before: AppState, after: AppState, event: object = None) -> se
     of a pass over the app's domains (apps with thousands of them exist).
     """
     if (
-        isinstance(event, DomainAdded | DomainRemoved | DnsVerified)
+        isinstance(event, DomainAdded | DomainRemoved | DomainUpdated | DnsVerified)
         and before.endpoints is after.endpoints
     ):
         return {event.hostname}

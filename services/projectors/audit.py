@@ -9,6 +9,7 @@ from events.domain import (
     DnsVerified,
     DomainAdded,
     DomainRemoved,
+    DomainUpdated,
     HostnameClaimed,
     HostnameReleased,
 )
@@ -29,6 +30,8 @@ def describe(event: object) -> tuple[str, str, str]:
             return app, host, f"domain added{f', served by {endpoint}' if endpoint else ''}"
         case DomainRemoved(app=app, hostname=host):
             return app, host, "domain removed"
+        case DomainUpdated(app=app, hostname=host, endpoint=name):
+            return app, host, f"domain now served by {name}"
         case DnsVerified(app=app, hostname=host, verified=ok, detail=detail):
             return (
                 app,

@@ -265,3 +265,31 @@ def test_a_legacy_ssl_endpoint_lists_the_domains_it_serves(
     )
     (legacy,) = json.loads(ok(settings, "certs", "-a", "shop", "--json").stdout)
     assert legacy["domains"] == ["api.example.com", "www.example.com"]
+
+
+def test_domains_update_moves_a_domain_to_the_certificate_named(
+    settings, projector_process, ca: DevCA, tmp_path: Path
+) -> None:
+    ok(settings, "apps:create", "shop")
+    ok(settings, "domains:add", "www.example.com", "-a", "shop")
+    endpoints = []
+    for stem, leaf in (("wild", ca.leaf("*.example.com")), ("www", ca.leaf("www.example.com"))):
+        paths = ca.write(tmp_path, leaf, stem=stem)
+        added = ok(
+            settings, "certs:add", str(paths["chain"]), str(paths["crt"]), str(paths["key"]),
+            "-a", "shop", "--json",
+        )  # fmt: skip
+        endpoints.append(json.loads(added.stdout)["events"][-1]["endpoint"])
+    wild, www = endpoints
+    info = ok(settings, "domains:info", "www.example.com", "-a", "shop").stdout
+    assert f"SNI Endpoint:    {www}" in info  # the newest certificate that covers it
+    moved = ok(settings, "domains:update", "www.example.com", "--cert", wild, "-a", "shop")
+    assert f"Updating www.example.com to use {wild} certificate... done" in moved.stdout
+    info = ok(settings, "domains:info", "www.example.com", "-a", "shop").stdout
+    assert f"SNI Endpoint:    {wild}" in info
+    again = run_cli(settings, "domains:update", "www.example.com", "--cert", wild, "-a", "shop")
+    assert again.returncode == 1 and "domain_unchanged" in again.stderr
+    missing = run_cli(settings, "domains:update", "www.example.com", "-a", "shop")
+    assert missing.returncode == 2 and "--cert" in missing.stderr
+    log = ok(settings, "audit:log", "-a", "shop").stdout
+    assert f"domain now served by {wild}" in log

@@ -15,9 +15,11 @@ from events.app import AppCreated, CreateApp, DestroyApp
 from events.domain import (
     AddDomain,
     DomainAdded,
+    DomainUpdated,
     HostnameClaimed,
     HostnameReleased,
     RemoveDomain,
+    UpdateDomain,
     VerifyDns,
 )
 from events.endpoint import (
@@ -310,6 +312,48 @@ def test_removing_a_certificate_hands_its_domains_to_another_that_covers_them() 
     # events written before `reassigned` existed fold as they did
     old = CertRemoved(app="demo", endpoint=www, shredded_key_ids=["www"])
     assert evolve(state, old).domains["www.example.com"].endpoint is None
+
+
+def test_domains_update_chooses_the_certificate_that_serves_a_domain() -> None:
+    state, _ = run(
+        app_with("www.example.com", "other.org"), add_cert(), prepared=cert("*.example.com")
+    )
+    (wild,) = state.endpoints
+    state, _ = run(state, add_cert(), seed="cmd-2", prepared=cert("www.example.com", key_id="k2"))
+    (www,) = set(state.endpoints) - {wild}
+    assert state.domains["www.example.com"].endpoint == www
+    back, d = run(state, UpdateDomain(app="demo", hostname="WWW.example.com", endpoint=wild))
+    assert [e for _, e in d.events] == [
+        DomainUpdated(app="demo", hostname="www.example.com", endpoint=wild)
+    ]
+    assert back.served_by(wild) == ["www.example.com"] and back.served_by(www) == []
+    assert hosts_changed(state, back, d.events[0][1]) == {"www.example.com"}
+    for command, code in [
+        (UpdateDomain(app="demo", hostname="www.example.com", endpoint=www), "domain_unchanged"),
+        (UpdateDomain(app="demo", hostname="other.org", endpoint=wild), "domain_not_covered"),
+        (UpdateDomain(app="demo", hostname="nope.example.com", endpoint=wild), "domain_not_found"),
+        (UpdateDomain(app="demo", hostname="www.example.com", endpoint="x"), "endpoint_not_found"),
+    ]:
+        with pytest.raises(Rejected) as e:
+            run(state, command)
+        assert e.value.code == code
+    forced, _ = run(
+        state, UpdateDomain(app="demo", hostname="other.org", endpoint=www, bypass=True)
+    )
+    assert forced.domains["other.org"].endpoint == www
+    legacy, _ = run(
+        app_with("www.example.com"),
+        add_cert(endpoint_type=EndpointType.ENDPOINT),
+        prepared=cert("www.example.com"),
+    )
+    with pytest.raises(Rejected) as e:
+        run(
+            legacy,
+            UpdateDomain(
+                app="demo", hostname="www.example.com", endpoint=next(iter(legacy.endpoints))
+            ),
+        )
+    assert e.value.code == "endpoint_not_sni"
 
 
 def test_several_endpoints_need_a_name() -> None:

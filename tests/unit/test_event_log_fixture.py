@@ -1,7 +1,7 @@
 """Old events stay readable: tests/fixtures/event_log.jsonl is a log captured from a real
 gateway, with every event type at every schema version ever defined. It must decode (through
 the upcasters), fold, and keep its hash chain, with today's code. When a schema changes,
-append examples of the new version (tests/fixtures/capture_event_log.py); never edit old lines.
+append examples of the new version (tests/fixtures/extend_event_log.py); never edit old lines.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_the_fixture_has_every_version_of_every_event_type() -> None:
         (t, v) for t, current in CURRENT_SCHEMA_VERSION.items() for v in range(1, current + 1)
     }
     missing = sorted(wanted - present)
-    assert not missing, f"add examples of {missing} to {FIXTURE.name} (capture_event_log.py)"
+    assert not missing, f"add examples of {missing} to {FIXTURE.name} (extend_event_log.py)"
 
 
 def test_every_old_event_decodes_folds_and_keeps_its_hash_chain() -> None:
