@@ -393,22 +393,42 @@ COMMANDS = st.one_of(
     HOSTS.map(lambda h: AddDomain(app="demo", hostname=h)),
     HOSTS.map(lambda h: RemoveDomain(app="demo", hostname=h)),
     st.just("addcert"),
+    st.just("addcert-a"),  # a certificate for a.example.com only
     st.just(RemoveCert(app="demo")),
+    st.integers(0, 3).map(lambda i: ("remove", i)),  # the i-th endpoint, by name
+    st.tuples(st.just("move"), HOSTS, st.integers(0, 3), st.booleans()),  # domains:update
 )
+
+
+def materialize(command, state: AppState, i: int):  # type: ignore[no-untyped-def]
+    """A command of the strategy, naming endpoints that exist now; None when it cannot."""
+    names = list(state.endpoints)
+    if command == "legacy":
+        return add_cert(endpoint_type=EndpointType.ENDPOINT), cert("*.example.com", key_id=f"k{i}")
+    if command == "addcert":
+        return add_cert(), cert("*.example.com", key_id=f"k{i}")
+    if command == "addcert-a":
+        return add_cert(bypass=True), cert("a.example.com", key_id=f"k{i}")
+    if isinstance(command, tuple) and names:
+        if command[0] == "remove":
+            return RemoveCert(app="demo", name=names[command[1] % len(names)]), None
+        _, host, index, bypass = command
+        name = names[index % len(names)]
+        return UpdateDomain(app="demo", hostname=host, endpoint=name, bypass=bypass), None
+    if isinstance(command, tuple):
+        return None
+    return command, None
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(COMMANDS, max_size=25))
 def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
     state = app_with()
-    for i, command in enumerate(commands):
-        prepared = (
-            cert("*.example.com", key_id=f"k{i}") if command in ("addcert", "legacy") else None
-        )
-        if command == "legacy":
-            command = add_cert(endpoint_type=EndpointType.ENDPOINT)
-        elif command == "addcert":
-            command = add_cert()
+    for i, drawn in enumerate(commands):
+        made = materialize(drawn, state, i)
+        if made is None:
+            continue
+        command, prepared = made
         before = state
         try:
             state, decision = run(state, command, seed=f"cmd-{i}", prepared=prepared)
