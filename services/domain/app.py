@@ -357,24 +357,15 @@ def decide(
                 shredded_key_ids=[endpoint.key_id],
             )
             return Decision([(app_stream(app), event)], warnings)
-        case RemoveCert(name=name):
+        case RemoveCert(name=name) | DestroyEndpoint(name=name):
             endpoint = _endpoint(state, name)
-            removed = CertRemoved(
+            gone = (CertRemoved if isinstance(command, RemoveCert) else EndpointDestroyed)(
                 app=app,
                 endpoint=endpoint.name,
                 shredded_key_ids=[endpoint.key_id],
                 reassigned=_fallbacks(state, endpoint.name),
             )
-            return Decision([(app_stream(app), removed)])
-        case DestroyEndpoint(name=name):
-            endpoint = _endpoint(state, name)
-            destroyed = EndpointDestroyed(
-                app=app,
-                endpoint=endpoint.name,
-                shredded_key_ids=[endpoint.key_id],
-                reassigned=_fallbacks(state, endpoint.name),
-            )
-            return Decision([(app_stream(app), destroyed)])
+            return Decision([(app_stream(app), gone)])
     raise Rejected(
         "unknown_command", f"certplane does not know the command {type(command).__name__}."
     )
