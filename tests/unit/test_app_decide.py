@@ -89,6 +89,16 @@ def add_cert(*sans: str, key_id: str = "key-1", **kwargs) -> AddCert:
     return AddCert(app="demo", certificates=[b"x"], key=SEALED, **kwargs)
 
 
+def with_legacy_endpoint() -> AppState:
+    """An app whose www.example.com the legacy SSL Endpoint add-on serves."""
+    state, _ = run(
+        app_with("www.example.com"),
+        add_cert(endpoint_type=EndpointType.ENDPOINT),
+        prepared=cert("www.example.com"),
+    )
+    return state
+
+
 def codes(excinfo) -> str:
     return excinfo.value.code
 
@@ -183,11 +193,7 @@ def test_add_cert_with_domains_adds_and_claims_them_but_refuses_uncovered_ones()
 
 
 def test_only_one_legacy_endpoint_per_app() -> None:
-    state, _ = run(
-        app_with("www.example.com"),
-        add_cert(endpoint_type=EndpointType.ENDPOINT),
-        prepared=cert("www.example.com"),
-    )
+    state = with_legacy_endpoint()
     with pytest.raises(Rejected) as e:
         run(
             state,
@@ -253,11 +259,7 @@ def test_adding_a_certificate_the_app_has_already_warns_but_a_migration_does_not
     assert d.warnings and f"already has this certificate as {first}" in d.warnings[0]
     _, d = run(state, add_cert(), seed="cmd-3", prepared=cert("www.example.com", key_id="k9"))
     assert not d.warnings  # another certificate for the same names: a new endpoint, as asked
-    legacy, _ = run(
-        app_with("www.example.com"),
-        add_cert(endpoint_type=EndpointType.ENDPOINT),
-        prepared=cert("www.example.com"),
-    )
+    legacy = with_legacy_endpoint()
     _, d = run(legacy, add_cert(), seed="cmd-4", prepared=cert("www.example.com"))
     assert not d.warnings  # legacy SSL Endpoint -> SNI, the same certificate
 
@@ -341,11 +343,7 @@ def test_domains_update_chooses_the_certificate_that_serves_a_domain() -> None:
         state, UpdateDomain(app="demo", hostname="other.org", endpoint=www, bypass=True)
     )
     assert forced.domains["other.org"].endpoint == www
-    legacy, _ = run(
-        app_with("www.example.com"),
-        add_cert(endpoint_type=EndpointType.ENDPOINT),
-        prepared=cert("www.example.com"),
-    )
+    legacy = with_legacy_endpoint()
     with pytest.raises(Rejected) as e:
         run(
             legacy,
