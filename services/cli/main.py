@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -81,12 +82,13 @@ def _fail(code: int, message: str) -> NoReturn:
     raise SystemExit(code)
 
 
+@dataclasses.dataclass
 class _Line:
     """The progress line a change prints ("Adding SSL to shop... done"): open until it ends,
     with the command's warnings held until then so that they do not land inside it."""
 
-    open = False
-    warnings: list[str] = []
+    open: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 _line = _Line()
@@ -486,8 +488,9 @@ async def certs_remove(args: argparse.Namespace) -> None:
     label = f"Removing SSL certificate {args.name or ''} from {app}".replace("  ", " ")
     reply = await _change(args, label, RemoveCert(app=app, name=args.name))
     moved = getattr(reply.events[-1], "reassigned", {}) if reply.events else {}
-    for host, endpoint in sorted(moved.items()) if not args.json else ():
-        print(f"{host} is now served by {endpoint} (its certificate covers it)")
+    if not args.json:
+        for host, endpoint in sorted(moved.items()):
+            print(f"{host} is now served by {endpoint} (its certificate covers it)")
     if args.wait:
         async with _control_plane() as cp:
             await _maybe_wait(cp, args, reply.position)
