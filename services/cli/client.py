@@ -29,6 +29,12 @@ def default_actor() -> str:
     return os.environ.get("CERTPLANE_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+_WHERE = (
+    ". Is the control plane running (`certplane dev` starts one), and is CERTPLANE_NATS_URL"
+    " its address?"
+)
+
+
 class ControlPlane:
     """`async with ControlPlane(url, prefix) as cp: await cp.command(...)`."""
 
@@ -67,7 +73,8 @@ class ControlPlane:
             )
         except Exception as e:
             raise Unavailable(
-                f"cannot reach NATS at {self.shown}: {e or type(e).__name__}", url=self.shown
+                f"cannot reach NATS at {self.shown}: {e or type(e).__name__}{_WHERE}",
+                url=self.shown,
             ) from e
         return self
 
@@ -81,7 +88,9 @@ class ControlPlane:
             )
         except (OSError, TimeoutError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-            raise Unavailable(f"cannot reach NATS at {self.shown}: {reason}", url=self.shown) from e
+            raise Unavailable(
+                f"cannot reach NATS at {self.shown}: {reason}{_WHERE}", url=self.shown
+            ) from e
         writer.close()
 
     @property
