@@ -92,7 +92,10 @@ class CertAdded(Event, tag="cert.added"):
 
 
 class CertUpdated(Event, tag="cert.updated"):
-    """The endpoint serves a new chain and key; the previous data key was destroyed."""
+    """The endpoint serves a new chain and key; the previous data key was destroyed.
+    `reassigned`: hostnames it served that the new certificate does not cover, each with the
+    endpoint that serves it from now on (another whose certificate covers it); absent in
+    events written before it existed."""
 
     app: str
     endpoint: str
@@ -100,6 +103,7 @@ class CertUpdated(Event, tag="cert.updated"):
     chain_pem: str
     key: EncryptedKey
     shredded_key_ids: list[str] = []
+    reassigned: dict[str, str] = {}
 
 
 class CertRemoved(Event, tag="cert.removed"):

@@ -858,7 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")
     p.add_argument("--confirm", metavar="APP", help="the app's name, to confirm")
     p.add_argument(
-        "--bypass", action="store_true", help="skip the check of the certificate's domains"
+        "--bypass",
+        action="store_true",
+        help="keep every domain on this certificate, even those the new one does not cover",
     )
     p = _add(sub, "certs:remove", certs_remove, "remove an SSL certificate from an app")
     p.add_argument("--name", help="the certificate (endpoint) name, if the app has several")

@@ -163,7 +163,9 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
                 for h, d in state.domains.items()
             }
             return _with(state, endpoints={**state.endpoints, name: added}, domains=domains)
-        case CertUpdated(endpoint=name, certificate=facts, key=key, chain_pem=chain):
+        case CertUpdated(
+            endpoint=name, certificate=facts, key=key, chain_pem=chain, reassigned=moved
+        ):
             if name not in state.endpoints:
                 return state
             updated = replace(
@@ -173,7 +175,13 @@ def evolve(state: AppState, event: AppEvent) -> AppState:
                 chain_pem=chain,
                 key=key,
             )
-            return _with(state, endpoints={**state.endpoints, name: updated})
+            served = state.domains
+            if moved:
+                served = {
+                    h: DomainState(h, moved[h], d.dns_verified) if h in moved else d
+                    for h, d in state.domains.items()
+                }
+            return _with(state, endpoints={**state.endpoints, name: updated}, domains=served)
         case (
             CertRemoved(endpoint=name, reassigned=moved)
             | EndpointDestroyed(endpoint=name, reassigned=moved)
@@ -341,9 +349,18 @@ def decide(
             uncovered = [
                 h for h in state.served_by(endpoint.name) if not covered_by(cert.facts.sans, h)
             ]
-            if uncovered and not bypass:
+            # A hostname the new certificate drops moves to another that covers it, as on
+            # certs:remove; --bypass keeps every hostname where it is.
+            moved = {} if bypass else _fallbacks(state, endpoint.name, only=set(uncovered))
+            for host, other in sorted(moved.items()):
                 warnings.append(
-                    f"The new certificate does not cover {', '.join(uncovered)}, which "
+                    f"The new certificate does not cover {host}: {other}, whose certificate "
+                    "does, serves it from now on."
+                )
+            stranded = [h for h in uncovered if h not in moved]
+            if stranded and not bypass:
+                warnings.append(
+                    f"The new certificate does not cover {', '.join(stranded)}, which "
                     f"{endpoint.name} serves: browsers will show an error for them. Upload a "
                     "certificate whose names include them, or pass --bypass to silence this."
                 )
@@ -355,6 +372,7 @@ def decide(
                 chain_pem=cert.chain_pem,
                 key=cert.key,
                 shredded_key_ids=[endpoint.key_id],
+                reassigned=moved,
             )
             return Decision([(app_stream(app), event)], warnings)
         case RemoveCert(name=name) | DestroyEndpoint(name=name):
@@ -448,13 +466,15 @@ def _covering_sni_endpoint(state: AppState, host: str, but: str | None = None) -
     return None
 
 
-def _fallbacks(state: AppState, gone: str) -> dict[str, str]:
-    """Who serves the hostnames of an endpoint being removed: the newest other SNI endpoint
-    whose certificate covers each, as `domains:add` would pick (no outage for a hostname
-    another certificate already covers)."""
+def _fallbacks(state: AppState, gone: str, only: set[str] | None = None) -> dict[str, str]:
+    """Who serves the hostnames of an endpoint being removed (or those of `only`, which its
+    new certificate drops): the newest other SNI endpoint whose certificate covers each, as
+    `domains:add` would pick (no outage for a hostname another certificate covers)."""
     moved = {}
-    for host, domain in sorted(state.domains.items()):
-        if domain.endpoint == gone and (other := _covering_sni_endpoint(state, host, gone)):
+    for host in sorted(state.served_by(gone) if only is None else only):
+        if state.domains[host].endpoint not in (gone, None):
+            continue
+        if other := _covering_sni_endpoint(state, host, gone):
             moved[host] = other
     return moved
 

@@ -52,13 +52,14 @@ def describe(event: object) -> tuple[str, str, str]:
                     f"expires {c.not_after:%Y-%m-%d}, SHA-256 {c.fingerprint_sha256[:16]}…{served}"
                 ),
             )
-        case CertUpdated(app=app, endpoint=name, certificate=c):
+        case CertUpdated(app=app, endpoint=name, certificate=c, reassigned=moved):
             return (
                 app,
                 name,
                 (
                     f"certificate updated: {c.subject}, expires {c.not_after:%Y-%m-%d}, "
                     f"SHA-256 {c.fingerprint_sha256[:16]}…; previous private key crypto-shredded"
+                    + _moved(moved)
                 ),
             )
         case CertRemoved(app=app, endpoint=name, reassigned=moved):

@@ -426,6 +426,43 @@ async def test_removing_the_newer_of_two_covering_certificates_keeps_the_hostnam
     assert [e.domains for e in view.endpoints] == [["www.example.com"]]
 
 
+async def test_an_update_that_drops_a_hostname_moves_it_to_a_certificate_that_covers_it(
+    cp, projectors, ca, settings
+) -> None:
+    await cp.command(CreateApp(app="shop"))
+    for host in ("www.example.com", "api.example.com"):
+        await cp.command(AddDomain(app="shop", hostname=host))
+    wild = ca.leaf("*.example.com")
+    first = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+    both = ca.leaf("www.example.com", "api.example.com")
+    second = await add_cert(cp, "shop", [both.cert_pem, ca.intermediate.cert_pem], both.key_pem)
+    older, newer = first.events[-1].endpoint, second.events[-1].endpoint
+    www = ca.leaf("www.example.com")
+    updated = await update_cert(
+        cp, "shop", [www.cert_pem, ca.intermediate.cert_pem], www.key_pem, name=newer
+    )
+    assert updated.events[-1].reassigned == {"api.example.com": older}
+    await projected(cp, updated.position)
+    await kv_published(settings, updated.position)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(settings.router_bucket)
+        served = {
+            host: msgspec.json.decode((await kv.get(kv_key(host))).value, type=RouterConfigEntry)
+            for host in ("www.example.com", "api.example.com")
+        }
+    finally:
+        await nc.close()
+    assert served["api.example.com"].endpoint == older
+    assert served["api.example.com"].chain_pem.startswith(wild.cert_pem.decode())
+    assert served["www.example.com"].chain_pem.startswith(www.cert_pem.decode())
+    view = await cp.query("shop", "app")
+    assert {e.name: e.domains for e in view.endpoints} == {
+        older: ["api.example.com"],
+        newer: ["www.example.com"],
+    }
+
+
 async def test_a_wiped_bucket_is_repopulated(cp, ca, settings, gateway) -> None:
     from services.projectors.service import run_projectors
 

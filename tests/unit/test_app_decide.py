@@ -354,6 +354,46 @@ def test_domains_update_chooses_the_certificate_that_serves_a_domain() -> None:
     assert e.value.code == "endpoint_not_sni"
 
 
+def test_an_update_that_drops_a_name_hands_it_to_a_certificate_that_covers_it() -> None:
+    state, _ = run(
+        app_with("www.example.com", "api.example.com"),
+        add_cert(),
+        prepared=cert("*.example.com", key_id="wild"),
+    )
+    (wild,) = state.endpoints
+    state, _ = run(
+        state,
+        add_cert(domains=["www.example.com", "api.example.com"]),
+        seed="cmd-2",
+        prepared=cert("www.example.com", "api.example.com", key_id="both"),
+    )
+    (both,) = set(state.endpoints) - {wild}
+    update = UpdateCert(app="demo", name=both, certificates=[b"x"], key=SEALED)
+    after, d = run(state, update, prepared=cert("www.example.com", key_id="www-only"))
+    ((_, updated),) = d.events
+    assert isinstance(updated, CertUpdated) and updated.reassigned == {"api.example.com": wild}
+    assert after.served_by(both) == ["www.example.com"]
+    assert after.served_by(wild) == ["api.example.com"]
+    assert d.warnings == [
+        f"The new certificate does not cover api.example.com: {wild}, whose certificate does,"
+        " serves it from now on."
+    ]
+    kept, d = run(
+        state,
+        UpdateCert(app="demo", name=both, certificates=[b"x"], key=SEALED, bypass=True),
+        prepared=cert("www.example.com", key_id="www-only"),
+    )
+    assert d.events[0][1].reassigned == {} and not d.warnings  # type: ignore[union-attr]
+    assert kept.served_by(both) == ["api.example.com", "www.example.com"]
+    # nothing else covers it: it stays, with the warning it always had
+    alone, _ = run(app_with("www.example.com", "api.example.com"), add_cert(),
+                   prepared=cert("www.example.com", "api.example.com", key_id="k1"))  # fmt: skip
+    _, d = run(alone, UpdateCert(app="demo", certificates=[b"x"], key=SEALED),
+               prepared=cert("www.example.com", key_id="k2"))  # fmt: skip
+    assert d.events[0][1].reassigned == {}  # type: ignore[union-attr]
+    assert "browsers will show an error for them" in d.warnings[0]
+
+
 def test_several_endpoints_need_a_name() -> None:
     state, _ = run(app_with(), add_cert(bypass=True), prepared=cert("a.example.com"))
     state, _ = run(
@@ -395,6 +435,7 @@ COMMANDS = st.one_of(
     st.just(RemoveCert(app="demo")),
     st.integers(0, 3).map(lambda i: ("remove", i)),  # the i-th endpoint, by name
     st.tuples(st.just("move"), HOSTS, st.integers(0, 3), st.booleans()),  # domains:update
+    st.tuples(st.just("update"), st.integers(0, 3), st.booleans()),  # to a.example.com only
 )
 
 
@@ -410,6 +451,12 @@ def materialize(command, state: AppState, i: int):  # type: ignore[no-untyped-de
     if isinstance(command, tuple) and names:
         if command[0] == "remove":
             return RemoveCert(app="demo", name=names[command[1] % len(names)]), None
+        if command[0] == "update":
+            name, bypass = names[command[1] % len(names)], command[2]
+            update = UpdateCert(
+                app="demo", name=name, certificates=[b"x"], key=SEALED, bypass=bypass
+            )
+            return update, cert("a.example.com", key_id=f"u{i}")
         _, host, index, bypass = command
         name = names[index % len(names)]
         return UpdateDomain(app="demo", hostname=host, endpoint=name, bypass=bypass), None
