@@ -396,29 +396,41 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     await nc.close()
 
 
+async def two_covering_certificates(cp, ca, *names: str):  # type: ignore[no-untyped-def]
+    """shop's *.example.com certificate, then a newer one for `names`: (wildcard leaf,
+    (older endpoint, newer endpoint))."""
+    wild = ca.leaf("*.example.com")
+    first = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+    leaf = ca.leaf(*names)
+    second = await add_cert(cp, "shop", [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem)
+    return wild, (first.events[-1].endpoint, second.events[-1].endpoint)
+
+
+async def router_entries(cp, settings, position: int, *hosts: str) -> dict:  # type: ignore[no-untyped-def]
+    """What ROUTER_CONFIG holds for `hosts` once `position` is projected and published."""
+    await projected(cp, position)
+    await kv_published(settings, position)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(settings.router_bucket)
+        return {
+            host: msgspec.json.decode((await kv.get(kv_key(host))).value, type=RouterConfigEntry)
+            for host in hosts
+        }
+    finally:
+        await nc.close()
+
+
 async def test_removing_the_newer_of_two_covering_certificates_keeps_the_hostname_served(
     cp, projectors, ca, settings
 ) -> None:
     """No outage: the hostname moves to the older certificate, in the KV and the views."""
     await cp.command(CreateApp(app="shop"))
     await cp.command(AddDomain(app="shop", hostname="www.example.com"))
-    wild = ca.leaf("*.example.com")
-    first = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
-    www = ca.leaf("www.example.com")
-    second = await add_cert(cp, "shop", [www.cert_pem, ca.intermediate.cert_pem], www.key_pem)
-    older, newer = first.events[-1].endpoint, second.events[-1].endpoint
+    wild, (older, newer) = await two_covering_certificates(cp, ca, "www.example.com")
     removed = await cp.command(RemoveCert(app="shop", name=newer))
     assert removed.events[-1].reassigned == {"www.example.com": older}
-    await projected(cp, removed.position)
-    await kv_published(settings, removed.position)
-    nc = await nats.connect(settings.nats_url)
-    try:
-        kv = await nc.jetstream().key_value(settings.router_bucket)
-        entry = msgspec.json.decode(
-            (await kv.get(kv_key("www.example.com"))).value, type=RouterConfigEntry
-        )
-    finally:
-        await nc.close()
+    [entry] = (await router_entries(cp, settings, removed.position, "www.example.com")).values()
     assert entry.endpoint == older and entry.position == removed.position
     assert entry.chain_pem.startswith(wild.cert_pem.decode())
     view = await cp.query("shop", "app")
@@ -432,27 +444,17 @@ async def test_an_update_that_drops_a_hostname_moves_it_to_a_certificate_that_co
     await cp.command(CreateApp(app="shop"))
     for host in ("www.example.com", "api.example.com"):
         await cp.command(AddDomain(app="shop", hostname=host))
-    wild = ca.leaf("*.example.com")
-    first = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
-    both = ca.leaf("www.example.com", "api.example.com")
-    second = await add_cert(cp, "shop", [both.cert_pem, ca.intermediate.cert_pem], both.key_pem)
-    older, newer = first.events[-1].endpoint, second.events[-1].endpoint
+    wild, (older, newer) = await two_covering_certificates(
+        cp, ca, "www.example.com", "api.example.com"
+    )
     www = ca.leaf("www.example.com")
     updated = await update_cert(
         cp, "shop", [www.cert_pem, ca.intermediate.cert_pem], www.key_pem, name=newer
     )
     assert updated.events[-1].reassigned == {"api.example.com": older}
-    await projected(cp, updated.position)
-    await kv_published(settings, updated.position)
-    nc = await nats.connect(settings.nats_url)
-    try:
-        kv = await nc.jetstream().key_value(settings.router_bucket)
-        served = {
-            host: msgspec.json.decode((await kv.get(kv_key(host))).value, type=RouterConfigEntry)
-            for host in ("www.example.com", "api.example.com")
-        }
-    finally:
-        await nc.close()
+    served = await router_entries(
+        cp, settings, updated.position, "www.example.com", "api.example.com"
+    )
     assert served["api.example.com"].endpoint == older
     assert served["api.example.com"].chain_pem.startswith(wild.cert_pem.decode())
     assert served["www.example.com"].chain_pem.startswith(www.cert_pem.decode())
