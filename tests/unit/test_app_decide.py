@@ -15,6 +15,7 @@ from events.app import AppCreated, CreateApp, DestroyApp
 from events.domain import (
     AddDomain,
     DomainAdded,
+    DomainRemoved,
     DomainUpdated,
     HostnameClaimed,
     HostnameReleased,
@@ -37,6 +38,7 @@ from events.endpoint import (
     UpdateCert,
 )
 from services.audit.replay import app_summary
+from services.domain import app as app_aggregate
 from services.domain.app import (
     AppState,
     HostnameState,
@@ -465,9 +467,20 @@ def materialize(command, state: AppState, i: int):  # type: ignore[no-untyped-de
     return command, None
 
 
+@pytest.mark.parametrize("persistent_from", [app_aggregate.PERSISTENT_FROM, 2])
 @settings(max_examples=200, deadline=None)
-@given(st.lists(COMMANDS, max_size=25))
-def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
+@given(commands=st.lists(COMMANDS, max_size=25))
+def test_any_command_sequence_keeps_the_state_consistent(persistent_from, commands) -> None:
+    # With a threshold of 2 the domains turn into a persistent map almost at once, so the
+    # same properties are checked on both representations.
+    saved, app_aggregate.PERSISTENT_FROM = app_aggregate.PERSISTENT_FROM, persistent_from
+    try:
+        check_command_sequence(commands)
+    finally:
+        app_aggregate.PERSISTENT_FROM = saved
+
+
+def check_command_sequence(commands) -> None:  # type: ignore[no-untyped-def]
     state = app_with()
     for i, drawn in enumerate(commands):
         made = materialize(drawn, state, i)
@@ -505,3 +518,23 @@ def test_any_command_sequence_keeps_the_state_consistent(commands) -> None:
             assert state.served_by(name) == sorted(h for h, e in serving.items() if e.name == name)
         for domain in state.domains.values():
             assert domain.endpoint is None or domain.endpoint in state.endpoints
+
+
+def test_an_app_with_many_domains_folds_without_touching_its_earlier_states() -> None:
+    # Past PERSISTENT_FROM the domains live in a persistent map: each event shares the rest.
+    # The gateway's cache and a retried decide still hold earlier states, which must not move.
+    state, states = app_with(), []
+    hosts = [f"h{i}.example.com" for i in range(3 * app_aggregate.PERSISTENT_FROM)]
+    for host in hosts:
+        states.append(state)
+        state = evolve(state, DomainAdded(app="demo", hostname=host))
+    assert [len(s.domains) for s in states] == list(range(len(hosts)))
+    assert sorted(state.domains) == sorted(hosts)
+    grown = state
+    state, _ = run(state, add_cert(), prepared=cert("*.example.com"))
+    (name,) = state.endpoints
+    assert all(d.endpoint == name for d in state.domains.values())
+    assert all(d.endpoint is None for d in grown.domains.values())
+    state = evolve(state, DomainRemoved(app="demo", hostname=hosts[0]))
+    assert hosts[0] not in state.domains and hosts[0] in grown.domains
+    assert len(state.domains) == len(hosts) - 1
