@@ -5,10 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from services.domain.domain_name import covered_by, normalize_hostname, san_covers
+from services.domain.domain_name import (
+    _PLAIN,
+    _problem,
+    covered_by,
+    normalize_hostname,
+    san_covers,
+)
 from services.domain.errors import Rejected
 
 
@@ -116,3 +122,19 @@ def test_accepts_exactly_the_rfc_1123_names(raw: str) -> None:
         assert not valid
     else:
         assert valid
+
+
+@given(
+    st.lists(st.text(alphabet="a0-_", max_size=70), min_size=1, max_size=8).map(".".join)
+    | st.lists(st.sampled_from(["a" * 62, "a" * 63, "a" * 64]), min_size=2, max_size=5).map(
+        ".".join
+    )
+)
+@example("a." + "b" * 63)
+@example("a." + "b" * 64)
+@example(".".join(["a" * 63] * 3 + ["b" * 61]))  # 253 characters
+@example(".".join(["a" * 63] * 3 + ["b" * 62]))  # 254
+def test_the_fast_path_accepts_exactly_what_the_precise_reasons_accept(name: str) -> None:
+    """normalize_hostname skips the label walk for names one expression accepts: the two
+    must agree, at the label (63) and name (253) limits too."""
+    assert bool(_PLAIN.fullmatch(name)) == (_problem(name, name, name.split(".")) == "")
