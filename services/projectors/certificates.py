@@ -27,6 +27,19 @@ class Rows:
     apps: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
     domains: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
     endpoints: dict[tuple[str, str], tuple[object, ...] | None] = field(default_factory=dict)
+    # the app state each endpoint row's domain list is to be read from, once per batch: an
+    # app of thousands of domains under one wildcard changes that list with every domain
+    # event, and listing it per event made a batch O(events x domains)
+    served_from: dict[tuple[str, str], AppState] = field(default_factory=dict)
+
+    def finish(self) -> Rows:
+        """Fill in the endpoint rows' domain lists from the last state of each."""
+        for key, state in self.served_from.items():
+            row = self.endpoints.get(key)
+            if row is not None:
+                self.endpoints[key] = (*row[:4], state.served_by(key[1]), *row[5:])
+        self.served_from.clear()
+        return self
 
 
 class CertificatesProjection:
@@ -100,7 +113,7 @@ class CertificatesProjection:
             self._fold(
                 await self.states.transitions(conn, events[start : start + _FOLD_SLICE]), rows
             )
-        return rows
+        return rows.finish()
 
     async def write(self, conn: asyncpg.Connection, schema: str, rows: Rows, through: int) -> None:
         """Write what `prepare` folded (inside the runner's transaction)."""
@@ -110,7 +123,9 @@ class CertificatesProjection:
 
     @staticmethod
     def _fold(steps: list[tuple[str, AppState, AppState, StoredEvent]], rows: Rows) -> None:
-        apps, domains, endpoints = rows.apps, rows.domains, rows.endpoints
+        apps, domains, endpoints, served_from = (
+            rows.apps, rows.domains, rows.endpoints, rows.served_from
+        )  # fmt: skip
         for app, before, after, event in steps:
             position, at = event.position, event.recorded_at
             if not after.exists:
@@ -150,8 +165,9 @@ class CertificatesProjection:
                 c = new_e.certificate
                 endpoints[(app, name)] = (
                     app, name, new_e.endpoint_type.value, c,
-                    after.served_by(name), c.not_after, c.fingerprint_sha256, c.trusted, position, at,
+                    None, c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
+                served_from[(app, name)] = after  # its domains: see `Rows.finish`
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None
