@@ -260,6 +260,21 @@ class CommandHandler:
         self._cache.put(stream, version, state)
         return version, state
 
+    async def _load_many(self, streams: list[str]) -> dict[str, tuple[int, Any]]:
+        """Streams the cache lacks, read in one query; each is cached too."""
+        if not streams:
+            return {}
+        found = await self._log.read_streams(streams)
+        loaded = {}
+        for stream in streams:
+            version, state = 0, _initial(stream)
+            for stored in found.get(stream, ()):
+                state = _evolve(stream, state, stored.event)
+                version = stored.version
+            self._cache.put(stream, version, state)
+            loaded[stream] = (version, state)
+        return loaded
+
     async def _decide_and_append(
         self, envelope: CommandEnvelope, traceparent: str
     ) -> Accepted | Rejected:
@@ -277,12 +292,24 @@ class CommandHandler:
             versions = {app_id: app_version}
             hostnames: dict[str, HostnameState] = {}
             assumed: list[str] = []
-            for host in app_aggregate.related_hostnames(app_state, command):
+            related = app_aggregate.related_hostnames(app_state, command)
+            known = {host: self._cache.get(hostname_stream(host)) for host in related}
+            # The app's own hostnames are claimed, so their streams exist: read the ones the
+            # cache lacks, all at once (a destroy releases every one of them).
+            claimed = await self._load_many(
+                [
+                    hostname_stream(h)
+                    for h, c in known.items()
+                    if c is None and h in app_state.domains
+                ]
+            )
+            for host in related:
                 stream = hostname_stream(host)
-                cached = self._cache.get(stream)
+                cached = known[host] or claimed.get(stream)
                 if cached is None:
-                    # Most hostnames are new: assume so rather than read. The append's version
-                    # check proves it; a refusal based on the assumption is re-decided on facts.
+                    # Other hostnames are mostly new: assume so rather than read. The append's
+                    # version check proves it; a refusal based on the assumption is re-decided
+                    # on facts.
                     cached = (0, _initial(stream))
                     assumed.append(stream)
                 versions[stream], hostnames[host] = cached

@@ -91,6 +91,8 @@ class EventLog(Protocol):
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]: ...
 
+    async def read_streams(self, stream_ids: list[str]) -> dict[str, list[StoredEvent]]: ...
+
     async def read_command(self, command_id: str) -> list[StoredEvent]: ...
 
 
@@ -246,6 +248,19 @@ class PostgresEventLog:
             after_version,
         )
         return [stored_event(r) for r in rows]
+
+    async def read_streams(self, stream_ids: list[str]) -> dict[str, list[StoredEvent]]:
+        """Several whole streams in one query (a destroyed app's hostname claims), each in
+        version order; a stream with no events is absent."""
+        rows = await self._pool.fetch(
+            f"select {STORED_COLUMNS} from events where stream_id = any($1::text[])"
+            " order by stream_id, stream_version",
+            stream_ids,
+        )
+        streams: dict[str, list[StoredEvent]] = {}
+        for row in rows:
+            streams.setdefault(row[1], []).append(stored_event(row))
+        return streams
 
     async def read_command(self, command_id: str) -> list[StoredEvent]:
         rows = await self._pool.fetch(

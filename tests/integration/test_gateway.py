@@ -380,3 +380,29 @@ async def test_a_cert_covering_no_domain_is_accepted_with_a_warning(cp, ca) -> N
     reply = await add_cert(cp, "shop", [c.cert_pem, ca.intermediate.cert_pem], c.key_pem)
     assert isinstance(reply, Accepted) and "covers none" in reply.warnings[0]
     assert reply.events[-1].domains == []
+
+
+async def test_a_restarted_gateway_destroys_an_app_with_many_domains(settings, db_url) -> None:
+    """A gateway with an empty cache reads the hostname claims a destroy must release, rather
+    than taking them for new and meeting one version conflict per hostname."""
+    hosts = [f"h{i}.example.com" for i in range(40)]
+    async with (
+        Gateway(settings),
+        ControlPlane(settings.nats_url, settings.prefix, actor="test") as cp,
+    ):
+        await cp.command(CreateApp(app="big"))
+        for reply in await asyncio.gather(
+            *(cp.command(AddDomain(app="big", hostname=h)) for h in hosts)
+        ):
+            assert isinstance(reply, Accepted), reply
+    async with (
+        Gateway(settings) as restarted,
+        ControlPlane(settings.nats_url, settings.prefix, actor="test") as cp,
+    ):
+        reply = await cp.command(DestroyApp(app="big"))
+        assert isinstance(reply, Accepted), reply
+        assert restarted.handler.conflicts == 0
+        again = await cp.command(AddDomain(app="other", hostname=hosts[0]))
+        assert isinstance(again, Rejected) and again.code == "app_not_found"
+    released = await fetch(db_url, "select count(*) from events where type = 'hostname.released'")
+    assert released[0][0] == len(hosts)
