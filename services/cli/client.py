@@ -18,6 +18,7 @@ from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnve
 from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from services.config import redact
 from services.domain.errors import Unavailable
+from services.reply_parts import request_in_parts
 from services.subjects import NON_APP, Subjects
 from services.telemetry import new_traceparent
 
@@ -103,11 +104,18 @@ class ControlPlane:
             await self._nc.close()
 
     async def _request(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        in_parts: bool = False,
     ) -> bytes:
         last: Exception | None = None
         for _ in range(self.retries):
             try:
+                if in_parts:  # a query's reply may outgrow one message (see reply_parts)
+                    return await request_in_parts(self._nc, subject, payload, self.timeout)
                 msg = await self._nc.request(
                     subject, payload, timeout=self.timeout, headers=headers
                 )
@@ -138,7 +146,7 @@ class ControlPlane:
 
     async def query(self, app: str | None, view: str, params: QueryParams | None = None) -> Any:
         body = encode(params) if params is not None else b""
-        raw = await self._request(self.subjects.query(app or NON_APP, view), body)
+        raw = await self._request(self.subjects.query(app or NON_APP, view), body, in_parts=True)
         return QUERY_REPLY_DECODER.decode(raw)
 
     async def raw_request(self, subject: str, payload: bytes = b"", wait: float = 3.0) -> bytes:

@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from events.codec import COMMAND_DECODER, encode
-from events.replies import GatewayKey, QueryParams, Rejected
+from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from events.union import tag_of
 from services.bus import connect_nats
 from services.config import Settings, redact
@@ -27,6 +27,7 @@ from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
 from services.gateway.trust import load_trust_store
 from services.health import add_readiness_check
+from services.reply_parts import respond_in_parts
 from services.storage.database import require_schema, service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
@@ -210,7 +211,10 @@ class Gateway:
             reply = Rejected(
                 code="internal_error", message="The gateway failed to answer; try again."
             )
-        await self._respond(msg, reply)
+        if msg.reply:
+            # A listing can outgrow one NATS message; clients of queries collect the parts.
+            with contextlib.suppress(Exception):
+                await respond_in_parts(self.nc, msg.reply, encode(reply))
 
     async def _announce(self, requests: list[AppendRequest], results: list[AppendResult]) -> None:
         """Tell the other gateways what this batch appended (see `coherence`)."""
@@ -228,9 +232,32 @@ class Gateway:
         self.handler.observe(read_announcement(msg.data, self.id))
 
     async def _respond(self, msg: Msg, reply: object) -> None:
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(encode(reply))
+        if not msg.reply:
+            return
+        payload = encode(reply)
+        limit = self.nc.max_payload
+        if len(payload) > limit and isinstance(reply, Accepted):
+            # Destroying an app of ~15,000 domains releases as many hostnames: a reply that
+            # carried every event would not fit in a NATS message, and the client would
+            # hear nothing of a command that happened.
+            log.warning(
+                "reply to %s left out its %d events (%d bytes, over NATS's %d)",
+                msg.subject, len(reply.events), len(payload), limit,
+            )  # fmt: skip
+            payload = encode(
+                msgspec.structs.replace(
+                    reply,
+                    events=[],
+                    warnings=[
+                        *reply.warnings,
+                        f"This reply leaves out the command's {len(reply.events):,} events: "
+                        f"together they exceed the bus's message limit ({limit:,} bytes). "
+                        "The log has them all (certplane audit:log).",
+                    ],
+                )
+            )
+        with contextlib.suppress(Exception):
+            await msg.respond(payload)
 
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import uuid
 
 import nats
@@ -28,7 +29,7 @@ from services.cli.client import ControlPlane
 from services.devcerts import DevCA, key_pem, new_key
 from services.domain.key_envelope import DataKey, MasterKey
 from services.gateway.service import Gateway
-from tests.conftest import projected
+from tests.conftest import projected, run_cli
 from tests.integration.helpers import add_cert, count_events, fetch, update_cert
 
 NOW = dt.datetime.now(dt.UTC)
@@ -406,3 +407,38 @@ async def test_a_restarted_gateway_destroys_an_app_with_many_domains(settings, d
         assert isinstance(again, Rejected) and again.code == "app_not_found"
     released = await fetch(db_url, "select count(*) from events where type = 'hostname.released'")
     assert released[0][0] == len(hosts)
+
+
+async def test_an_accepted_reply_too_large_for_nats_still_arrives(cp, gateway, db_url) -> None:
+    """Past the server's message limit the reply leaves its events out and says so, rather
+    than never arriving for a command that happened."""
+    await cp.command(CreateApp(app="big"))
+    hosts = [f"h{i}.example.com" for i in range(40)]
+    for h in hosts:
+        await cp.command(AddDomain(app="big", hostname=h))
+    gateway.nc._max_payload = 2_000  # as if the server allowed only this much
+    reply = await cp.command(DestroyApp(app="big"))
+    assert isinstance(reply, Accepted) and reply.events == []
+    assert "leaves out the command's 41 events" in reply.warnings[-1]
+    assert "2,000 bytes" in reply.warnings[-1]
+    released = await fetch(db_url, "select count(*) from events where type = 'hostname.released'")
+    assert released[0][0] == len(hosts)
+
+
+async def test_a_listing_larger_than_one_nats_message_arrives_whole(
+    cp, settings, gateway, projectors
+) -> None:
+    """`domains` for an app of thousands of domains is more than NATS's message limit: the
+    gateway sends it in parts and both the client library and the real CLI put it together."""
+    await cp.command(CreateApp(app="big"))
+    hosts = sorted(f"h{i}.example.com" for i in range(60))
+    for h in hosts:
+        last = await cp.command(AddDomain(app="big", hostname=h))
+    await projected(cp, last.position)
+    gateway.nc._max_payload = 2_000  # as if the server allowed only this much
+    view = await cp.query("big", "app")
+    assert [d.hostname for d in view.domains] == hosts
+    assert all(d.dns_target.endswith(settings.dns_zone) for d in view.domains)
+    listed = await asyncio.to_thread(run_cli, settings, "domains", "-a", "big", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(d["hostname"] for d in json.loads(listed.stdout)) == hosts
