@@ -337,7 +337,7 @@ def _bundle_files(paths: list[str]) -> tuple[list[bytes], bytes]:
     """Certificate material to send as is, and the one key (to be sealed), from the files."""
     files = [_read(p) for p in paths]
     try:
-        material = split_material(files)
+        material = split_material(files, paths)
     except RejectedError as e:
         _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
     if len(material.keys) != 1:
@@ -502,7 +502,7 @@ def certs_chain(args: argparse.Namespace) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     try:
-        material = split_material([_read(p) for p in args.files])
+        material = split_material([_read(p) for p in args.files], args.files)
         if not material.certificates:
             raise RejectedError("cert_missing", "No certificate was found in the files.")
         chain = order_chain([x509.load_der_x509_certificate(c) for c in material.certificates])

@@ -108,8 +108,10 @@ def pem_roots(pem: bytes) -> tuple[list[x509.Certificate], list[int]]:
     return roots, bad
 
 
-def split_material(files: list[bytes]) -> Material:
-    """Sort files' contents into certificates and keys; raises `Rejected` on anything else."""
+def split_material(files: list[bytes], names: list[str] | None = None) -> Material:
+    """Sort files' contents into certificates and keys; raises `Rejected` on anything else.
+
+    `names` are what the user called the files (the CLI has them; the gateway only counts)."""
     total = sum(len(f) for f in files)
     if total > MAX_BUNDLE_BYTES:
         raise Rejected(
@@ -121,10 +123,11 @@ def split_material(files: list[bytes]) -> Material:
     certificates: list[bytes] = []
     keys: list[bytes] = []
     for index, data in enumerate(files, start=1):
+        name = names[index - 1] if names else f"File {index}"
         if b"-----BEGIN" in data:
-            _split_pem(data.replace(b"\r\n", b"\n"), index, certificates, keys)
+            _split_pem(data.replace(b"\r\n", b"\n"), index, name, certificates, keys)
         else:
-            _split_der(data, index, certificates, keys)
+            _split_der(data, index, name, certificates, keys)
     return Material(certificates, keys)
 
 
@@ -176,12 +179,14 @@ def _pem_block_at(data: bytes, start: int) -> tuple[bytes, bytes, bytes] | None:
     return None
 
 
-def _split_pem(data: bytes, index: int, certificates: list[bytes], keys: list[bytes]) -> None:
+def _split_pem(
+    data: bytes, index: int, name: str, certificates: list[bytes], keys: list[bytes]
+) -> None:
     blocks = pem_blocks(data)
     if not blocks:
         raise Rejected(
             "unparsable",
-            f"File {index} has a PEM header but no complete PEM block: check that it was not "
+            f"{name} has a PEM header but no complete PEM block: check that it was not "
             "truncated and that every BEGIN line has its END line.",
             file=str(index),
         )
@@ -202,7 +207,7 @@ def _split_pem(data: bytes, index: int, certificates: list[bytes], keys: list[by
             except ValueError as e:
                 raise Rejected(
                     "unparsable",
-                    f"File {index} contains a CERTIFICATE block that is not a valid X.509 "
+                    f"{name} contains a CERTIFICATE block that is not a valid X.509 "
                     "certificate: check that the file was copied completely.",
                     file=str(index),
                 ) from e
@@ -210,7 +215,9 @@ def _split_pem(data: bytes, index: int, certificates: list[bytes], keys: list[by
         # Other blocks (parameters, CSRs) carry nothing a router needs: ignore them.
 
 
-def _split_der(data: bytes, index: int, certificates: list[bytes], keys: list[bytes]) -> None:
+def _split_der(
+    data: bytes, index: int, name: str, certificates: list[bytes], keys: list[bytes]
+) -> None:
     try:
         x509.load_der_x509_certificate(data)
         certificates.append(data)
@@ -232,7 +239,7 @@ def _split_der(data: bytes, index: int, certificates: list[bytes], keys: list[by
         pass
     raise Rejected(
         "unparsable",
-        f"File {index} is neither a PEM file nor a DER certificate or key: pass the "
+        f"{name} is neither a PEM file nor a DER certificate or key: pass the "
         "certificate, intermediates and private key as PEM (-----BEGIN ...) or DER files.",
         file=str(index),
     )

@@ -101,6 +101,12 @@ def test_refusals_exit_1_and_say_what_to_do(
     result = run_cli(settings, "certs:add", str(huge), str(files["key"]), "-a", "shop")
     assert result.returncode == 1 and "bundle_too_large" in result.stderr
 
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_bytes(b"garbage\n")
+    result = run_cli(settings, "certs:add", str(garbage), str(files["key"]), "-a", "shop")
+    assert result.returncode == 1 and "unparsable" in result.stderr
+    assert f"{garbage} is neither a PEM file" in result.stderr  # which file, by its name
+
     result = run_cli(settings, "domains:add", "not a hostname", "-a", "shop")
     assert result.returncode == 1 and "invalid_hostname" in result.stderr
 
