@@ -43,7 +43,7 @@ def describe(event: object) -> tuple[str, str, str]:
         case HostnameReleased(app=app, hostname=host):
             return app, host, "hostname released"
         case CertAdded(app=app, endpoint=name, endpoint_type=kind, certificate=c, domains=domains):
-            served = f", serving {', '.join(domains)}" if domains else ""
+            served = f", serving {_listed(domains)}" if domains else ""
             return (
                 app,
                 name,
@@ -75,7 +75,18 @@ def _moved(reassigned: dict[str, str]) -> str:
     by: dict[str, list[str]] = {}
     for host, endpoint in sorted(reassigned.items()):
         by.setdefault(endpoint, []).append(host)
-    return "".join(f"; {', '.join(hosts)} now served by {e}" for e, hosts in by.items())
+    return "".join(f"; {_listed(hosts)} now served by {e}" for e, hosts in by.items())
+
+
+# A summary is one line someone reads: a certificate for an app of 10,000 domains would
+# otherwise make a 200 KB line. The event itself keeps every name (`audit:replay` shows them).
+LISTED = 10
+
+
+def _listed(hosts: list[str]) -> str:
+    if len(hosts) <= LISTED:
+        return ", ".join(hosts)
+    return f"{', '.join(hosts[:LISTED])} and {len(hosts) - LISTED:,} more"
 
 
 def trace_id(traceparent: str) -> str:
@@ -87,6 +98,8 @@ class AuditProjection:
     name = "audit"
     tables = ("audit_log",)
     event_types = None  # every event is audited
+    # 2: summaries name at most LISTED hostnames per list ("and 9,990 more")
+    version = 2
 
     def reset(self) -> None:
         return None
