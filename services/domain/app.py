@@ -620,6 +620,10 @@ def _add_cert(
     return Decision(events, warnings)
 
 
+# A tuple, not `A | B | ...`: that builds a union object on every call, and this runs per event.
+_ONE_DOMAIN_EVENTS = (DomainAdded, DomainRemoved, DomainUpdated, DnsVerified)
+
+
 def hosts_changed(before: AppState, after: AppState, event: object = None) -> set[str]:
     """Hostnames whose serving endpoint (or its certificate) may differ between two states.
 
@@ -629,10 +633,7 @@ def hosts_changed(before: AppState, after: AppState, event: object = None) -> se
     domain event that left the endpoints alone changed its own hostname only: O(1) instead
     of a pass over the app's domains (apps with thousands of them exist).
     """
-    if (
-        isinstance(event, DomainAdded | DomainRemoved | DomainUpdated | DnsVerified)
-        and before.endpoints is after.endpoints
-    ):
+    if isinstance(event, _ONE_DOMAIN_EVENTS) and before.endpoints is after.endpoints:
         return {event.hostname}
     hosts = {
         h

@@ -68,6 +68,9 @@ class Changes:
     stored: set[str]
 
 
+_NEW_KEYS = (CertAdded, CertUpdated)  # a tuple: isinstance runs per event of a batch
+
+
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)
@@ -129,8 +132,7 @@ class RouterConfigProjection:
         wanted = {
             e.event.key.key_id
             for e in events
-            if isinstance(e.event, CertAdded | CertUpdated)
-            and e.event.key.key_id not in self._data_keys
+            if isinstance(e.event, _NEW_KEYS) and e.event.key.key_id not in self._data_keys
         }
         if not wanted:
             return
