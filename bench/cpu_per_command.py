@@ -96,6 +96,9 @@ async def main() -> None:
         "--command", choices=("add-domain", "add-cert-ec", "add-cert-rsa"), default="add-domain"
     )
     parser.add_argument("--gateways", type=int, default=1, help="processes in the queue group")
+    parser.add_argument(
+        "--apps", type=int, default=0, help="apps the clients share (default: one app each)"
+    )
     opts = parser.parse_args()
     base = Settings.from_env()
     url = await scratch_database(base.database_url, "cpbench_cpu")
@@ -135,11 +138,14 @@ async def main() -> None:
         serial = itertools.count()
         done = [0]
 
+        created: dict[int, asyncio.Task[None]] = {}
+
         async def add_domain(w: int, i: int) -> None:
+            w = w % opts.apps if opts.apps else w
             app = f"w{w:05d}"
-            if w not in made:
-                made.add(w)
-                await command(CreateApp(app=app))
+            if w not in created:  # clients sharing an app wait for its creation
+                created[w] = asyncio.ensure_future(command(CreateApp(app=app)))
+            await created[w]
             await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
             done[0] += 1
 

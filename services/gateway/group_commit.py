@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 
-from services.storage.event_log import AppendRequest, AppendResult, EventLog
+from services.storage.event_log import AppendRequest, AppendResult, AppendStatus, EventLog
 
 Announce = Callable[[list[AppendRequest], list[AppendResult]], Awaitable[None]]
+# a request, its result to come, and the appends of earlier requests it requires
+_Waiting = tuple[
+    AppendRequest, "asyncio.Future[AppendResult]", "tuple[asyncio.Future[AppendResult], ...]"
+]
 
 log = logging.getLogger("certplane.gateway.group_commit")
 
@@ -39,9 +44,14 @@ class GroupCommitter:
         self._max_batch = max_batch
         self._appenders = appenders
         self._min_share = min_share
-        self._queue: asyncio.Queue[tuple[AppendRequest, asyncio.Future[AppendResult]]] = (
-            asyncio.Queue()
-        )
+        # Requests in submission order. A request may expect the versions an earlier one
+        # writes (the gateway decides an app's next command before the last is appended), so
+        # two requests naming one stream are never in different batches at once: the later
+        # batch could take the log's lock first and fail. `_in_flight` holds the streams of
+        # each batch being appended.
+        self._waiting: deque[_Waiting] = deque()
+        self._arrived = asyncio.Event()
+        self._in_flight: dict[int, frozenset[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.requests = 0
@@ -53,7 +63,7 @@ class GroupCommitter:
         # appender taking everything (the clients fell into lock step behind one batch); a
         # fixed cap of 32 instead of a share cost two thirds of the throughput at 256 clients.
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"group-commit-{i}")
+            asyncio.create_task(self._run(i), name=f"group-commit-{i}")
             for i in range(self._appenders)
         ]
         return self
@@ -67,41 +77,124 @@ class GroupCommitter:
 
     async def append(self, request: AppendRequest) -> AppendResult:
         """Append one command's events as part of the next batch; returns its own result."""
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, future))
-        return await future
+        return await self.submit(request)
 
-    async def _run(self) -> None:
+    def submit(
+        self, request: AppendRequest, requires: Iterable[asyncio.Future[AppendResult]] = ()
+    ) -> asyncio.Future[AppendResult]:
+        """Queue one command's events for the next batch; the future is its own result.
+
+        Requests are appended in the order they were submitted (the batches keep the queue's
+        order), so a request may expect the versions an earlier one writes; `requires` are
+        the appends of earlier requests it was decided after: it is appended only with them,
+        and fails as a conflict without them.
+        """
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future, tuple(requires)))
+        self._arrived.set()
+        return future
+
+    async def _run(self, index: int) -> None:
         while True:
-            batch = [await self._queue.get()]
-            # Take an even share of what is waiting, so the other appender gets the rest and
-            # both batches are under way at once; never more than max_batch.
-            share = max(self._min_share, -(-(self._queue.qsize() + 1) // self._appenders))
-            limit = min(self._max_batch, share)
-            while len(batch) < limit and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            if len(batch) < limit and self._upstream():
+            batch = await self._next_batch(index)
+            if len(batch) < self._min_share and self._upstream():
                 # Commands still in a bundle worker finish one by one, each about a
                 # millisecond apart: without a pause each would be appended alone, and a
                 # lone append costs PostgreSQL as much CPU as a batch of ten.
                 await asyncio.sleep(self._linger)
-                while len(batch) < limit and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                batch += self._take(index, self._min_share - len(batch))
+            batch, requires = self._without_failed_requirements(batch)
+            if not batch:
+                continue
+            self._in_flight[index] = frozenset(s for r, _, _ in batch for s in r.expected)
             try:
-                results = await self._log.append_batch([r for r, _ in batch])
+                results = await self._log.append_batch([r for r, _, _ in batch], requires)
             except Exception as e:  # every waiter learns of it; the loop goes on
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                del self._in_flight[index]
+                self._arrived.set()  # what waited for these streams may go now
             self.batches += 1
             self.requests += len(batch)
             if self._announce is not None:
                 # Before any reply: a client's next command must find the news ahead of it.
                 try:
-                    await self._announce([r for r, _ in batch], results)
+                    await self._announce([r for r, _, _ in batch], results)
                 except Exception as e:  # best effort: stale caches fall back to version checks
                     log.warning("announcing a batch to the other gateways failed: %s", e)
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    @staticmethod
+    def _without_failed_requirements(
+        batch: list[_Waiting],
+    ) -> tuple[list[_Waiting], list[list[int]]]:
+        """The batch less the requests an earlier, settled append they require did not make
+        (answered here as conflicts), and for each left the numbers of those in the batch it
+        requires. A requirement is either settled or earlier in this batch: it names one of
+        the request's streams, and `_take` never sends two batches with a stream at once."""
+        kept: list[_Waiting] = []
+        numbers: dict[asyncio.Future[AppendResult], int] = {}
+        requires: list[list[int]] = []
+        for item in batch:
+            request, future, required = item
+            earlier = [numbers[f] for f in required if f in numbers]
+            if any(not _appended(f) for f in required if f not in numbers):
+                stream = next(iter(request.expected), "")
+                future.set_result(
+                    AppendResult(
+                        AppendStatus.CONFLICT,
+                        stream=stream,
+                        expected=request.expected.get(stream, 0),
+                    )
+                )
+                continue
+            kept.append(item)
+            numbers[future] = len(kept)
+            requires.append(earlier)
+        return kept, requires
+
+    async def _next_batch(self, index: int) -> list[_Waiting]:
+        while True:
+            # An even share of what is waiting, so the other appender gets the rest and both
+            # batches are under way at once; never more than max_batch.
+            share = max(self._min_share, -(-len(self._waiting) // self._appenders))
+            batch = self._take(index, min(self._max_batch, share))
+            if batch:
+                return batch
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def _take(self, index: int, limit: int) -> list[_Waiting]:
+        """Up to `limit` waiting requests in order, passing over those that name a stream of
+        another batch in flight (and those after them that name the same streams)."""
+        waiting = self._waiting
+        busy = set().union(*(v for k, v in self._in_flight.items() if k != index))
+        if not busy:  # the usual case: take from the front
+            return [waiting.popleft() for _ in range(min(limit, len(waiting)))]
+        taken: list[_Waiting] = []
+        kept: deque[_Waiting] = deque()
+        while waiting and len(taken) < limit:
+            item = waiting.popleft()
+            streams = item[0].expected.keys()
+            if busy.isdisjoint(streams):
+                taken.append(item)
+            else:
+                busy.update(streams)  # whatever follows on these streams waits behind it
+                kept.append(item)
+        kept.extend(waiting)
+        self._waiting = kept
+        return taken
+
+
+def _appended(future: asyncio.Future[AppendResult]) -> bool:
+    return (
+        future.done()
+        and not future.cancelled()
+        and future.exception() is None
+        and future.result().status is AppendStatus.OK
+    )

@@ -15,6 +15,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from events.app import AppDestroyed
@@ -34,7 +35,7 @@ from events.replies import (
     Rejected,
 )
 from services.domain import app as app_aggregate
-from services.domain.app import AppState, HostnameState
+from services.domain.app import AppState, Decision, HostnameState
 from services.domain.errors import Rejected as RejectedError
 from services.domain.ids import canonical_uuid, random_uuid
 from services.domain.projection_ops import DeadLetter, decide_skip
@@ -50,6 +51,7 @@ from services.gateway.bundle_workers import BundleWorkers
 from services.gateway.group_commit import GroupCommitter
 from services.storage.event_log import (
     AppendRequest,
+    AppendResult,
     AppendStatus,
     NewDataKey,
     NewEvent,
@@ -203,6 +205,23 @@ def rejected_reply(error: RejectedError) -> Rejected:
     return Rejected(code=error.code, message=error.message, details=dict(error.details))
 
 
+# (request, decision, expected versions, states after it by stream, its append)
+_Submitted = tuple[
+    AppendRequest,
+    Decision,
+    dict[str, int],
+    dict[str, tuple[int, Any]],
+    "asyncio.Future[AppendResult]",
+]
+
+
+@dataclass
+class _Unsettled:
+    """A refusal decided on a pending state: wait for these appends and decide again."""
+
+    appends: list[asyncio.Future[AppendResult]]
+
+
 class CommandHandler:
     def __init__(
         self,
@@ -219,6 +238,9 @@ class CommandHandler:
         self._clock = clock
         self._cache = StreamCache(cache_size)
         self._app_locks = _KeyedLocks()
+        # stream -> (version, state, append) after appends handed to the group commit and not
+        # yet settled: what the app's next command decides on
+        self._pending: dict[str, tuple[int, Any, asyncio.Future[AppendResult]]] = {}
         self.conflicts = 0
 
     def observe(self, events: list[tuple[str, int, Any]]) -> None:
@@ -233,26 +255,30 @@ class CommandHandler:
         except RejectedError as error:
             return rejected_reply(error)
         command = envelope.command
-        lock_key = (
-            projection_stream(command.projection)
-            if isinstance(command, SkipProjection)
-            else app_stream(command.app)
-        )
-        async with await self._app_locks(lock_key):
-            try:
-                if isinstance(command, SkipProjection):
+        try:
+            if isinstance(command, SkipProjection):
+                async with await self._app_locks(projection_stream(command.projection)):
                     return await self._skip_projection(envelope, command, traceparent)
-                return await self._decide_and_append(envelope, traceparent)
-            except RejectedError as error:
-                # A retried command may be refused now (e.g. "app exists") although its first
-                # delivery succeeded: the log is the judge of whether it already happened.
-                original = await self._log.read_command(envelope.id)
-                return accepted_from_stored(original) if original else rejected_reply(error)
+            return await self._decide_and_append(envelope, traceparent)
+        except RejectedError as error:
+            # A retried command may be refused now (e.g. "app exists") although its first
+            # delivery succeeded: the log is the judge of whether it already happened.
+            original = await self._log.read_command(envelope.id)
+            return accepted_from_stored(original) if original else rejected_reply(error)
 
-    async def _load(self, stream: str, *, refresh: bool = False) -> tuple[int, Any]:
+    def _known(self, stream: str, settled: bool) -> tuple[int, Any] | None:
+        """A stream's state as the next command should see it: after the commands still being
+        appended (unless only `settled` facts will do), else as cached."""
+        pending = None if settled else self._pending.get(stream)
+        return pending[:2] if pending is not None else self._cache.get(stream)
+
+    async def _load(
+        self, stream: str, *, refresh: bool = False, settled: bool = False
+    ) -> tuple[int, Any]:
+        known = self._known(stream, settled)
+        if known is not None and not refresh:
+            return known
         cached = self._cache.get(stream)
-        if cached is not None and not refresh:
-            return cached
         version, state = cached if cached is not None else (0, _initial(stream))
         for stored in await self._log.read_stream(stream, after_version=version):
             state = _evolve(stream, state, stored.event)
@@ -278,6 +304,16 @@ class CommandHandler:
     async def _decide_and_append(
         self, envelope: CommandEnvelope, traceparent: str
     ) -> Accepted | Rejected:
+        """Decide under the app's lock, append after releasing it.
+
+        The lock is held while deciding and handing the events to the group commit, not
+        while they are appended: the app's next command decides on the state those events
+        make (`_pending`), so one app's commands share batches instead of waiting one append
+        each (750 a second with 64 clients on one app, before). The log's version check keeps
+        this honest: if a command's append fails, those decided after it on its state fail
+        too, and decide again on what the log holds. A refusal is only given on appended
+        facts (`settled`), never on a state that may not come to be.
+        """
         command = envelope.command
         now = self._clock()
         new_keys: list[NewDataKey] = []
@@ -287,61 +323,26 @@ class CommandHandler:
             cert, new_keys = prepared.cert, [prepared.new_key]
         app_id = app_stream(command.app)
         started = time.monotonic()
+        settled = False  # decide on the appended state only (after a refusal on a pending one)
         for _attempt in range(MAX_ATTEMPTS):
-            app_version, app_state = await self._load(app_id)
-            versions = {app_id: app_version}
-            hostnames: dict[str, HostnameState] = {}
-            assumed: list[str] = []
-            related = app_aggregate.related_hostnames(app_state, command)
-            known = {host: self._cache.get(hostname_stream(host)) for host in related}
-            # The app's own hostnames are claimed, so their streams exist: read the ones the
-            # cache lacks, all at once (a destroy releases every one of them).
-            claimed = await self._load_many(
-                [
-                    hostname_stream(h)
-                    for h, c in known.items()
-                    if c is None and h in app_state.domains
-                ]
-            )
-            for host in related:
-                stream = hostname_stream(host)
-                cached = known[host] or claimed.get(stream)
-                if cached is None:
-                    # Other hostnames are mostly new: assume so rather than read. The append's
-                    # version check proves it; a refusal based on the assumption is re-decided
-                    # on facts.
-                    cached = (0, _initial(stream))
-                    assumed.append(stream)
-                versions[stream], hostnames[host] = cached
-            try:
-                decision = app_aggregate.decide(
-                    app_state, hostnames, command, now=now, seed=envelope.id, cert=cert
-                )
-            except RejectedError:
-                if not assumed:
-                    raise
-                for stream in assumed:
-                    await self._load(stream, refresh=True)
+            async with await self._app_locks(app_id):
+                step = await self._decide(envelope, traceparent, now, cert, new_keys, settled)
+            if isinstance(step, _Unsettled):
+                # Refused on a state still being appended: wait for it, then decide again.
+                await asyncio.gather(*step.appends, return_exceptions=True)
+                settled = True
                 continue
-            metadata = _metadata(envelope, traceparent, decision.warnings)
-            shred = [
-                key_id
-                for _, event in decision.events
-                if isinstance(event, _SHREDDING)
-                for key_id in event.shredded_key_ids
-            ]
-            request = AppendRequest(
-                command_id=envelope.id,
-                expected=versions,
-                events=[NewEvent(s, e, metadata, _event_id()) for s, e in decision.events],
-                new_keys=new_keys
-                if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events)
-                else [],
-                shred=shred,
-            )
-            result = await self._committer.append(request)
+            if step is None:  # refused on an assumption, now replaced by facts
+                continue
+            request, decision, versions, after, submitted = step
+            try:
+                result = await submitted
+            finally:
+                self._settle(request, submitted)
             if result.status is AppendStatus.OK:
-                self._advance_cache(versions, decision.events, result.versions)
+                for stream, (version, state) in after.items():
+                    if version != versions[stream]:
+                        self._cache.advance(stream, versions[stream], version, state)
                 app_positions = [
                     v
                     for (s, _), v in zip(decision.events, result.versions, strict=True)
@@ -349,7 +350,7 @@ class CommandHandler:
                 ]
                 return Accepted(
                     stream=app_id,
-                    version=app_positions[-1] if app_positions else app_version,
+                    version=app_positions[-1] if app_positions else versions[app_id],
                     position=max(result.positions),
                     events=[e for _, e in decision.events],  # type: ignore[misc]
                     warnings=decision.warnings,
@@ -373,6 +374,102 @@ class CommandHandler:
             f"{command.app} was changed by other commands {MAX_ATTEMPTS} times while this one was "
             "being decided: send the same command again (with the same id).",
         )
+
+    async def _decide(
+        self,
+        envelope: CommandEnvelope,
+        traceparent: str,
+        now: dt.datetime,
+        cert: app_aggregate.PreparedCert | None,
+        new_keys: list[NewDataKey],
+        settled: bool,
+    ) -> _Submitted | _Unsettled | None:
+        """Under the app's lock: decide, and hand the events to the group commit."""
+        command = envelope.command
+        app_id = app_stream(command.app)
+        # The appends this decision rests on, read where the states are read: it may only be
+        # appended with them (`submit(..., requires)`).
+        requires: list[asyncio.Future[AppendResult]] = []
+        entry = None if settled else self._pending.get(app_id)
+        if entry is not None:
+            requires.append(entry[2])
+        app_version, app_state = await self._load(app_id, settled=settled)  # no await if pending
+        versions = {app_id: app_version}
+        hostnames: dict[str, HostnameState] = {}
+        assumed: list[str] = []
+        related = app_aggregate.related_hostnames(app_state, command)
+        known: dict[str, tuple[int, Any] | None] = {}
+        for host in related:
+            entry = None if settled else self._pending.get(hostname_stream(host))
+            if entry is not None:
+                requires.append(entry[2])
+            known[host] = self._known(hostname_stream(host), settled)
+        # The app's own hostnames are claimed, so their streams exist: read the ones the
+        # cache lacks, all at once (a destroy releases every one of them).
+        claimed = await self._load_many(
+            [hostname_stream(h) for h, c in known.items() if c is None and h in app_state.domains]
+        )
+        for host in related:
+            stream = hostname_stream(host)
+            cached = known[host] or claimed.get(stream)
+            if cached is None:
+                # Other hostnames are mostly new: assume so rather than read. The append's
+                # version check proves it; a refusal based on the assumption is re-decided
+                # on facts.
+                cached = (0, _initial(stream))
+                assumed.append(stream)
+            versions[stream], hostnames[host] = cached
+        try:
+            decision = app_aggregate.decide(
+                app_state, hostnames, command, now=now, seed=envelope.id, cert=cert
+            )
+        except RejectedError:
+            appends = [self._pending[s][2] for s in versions if s in self._pending]
+            if appends and not settled:
+                return _Unsettled(appends)
+            if not assumed:
+                raise
+            for stream in assumed:
+                await self._load(stream, refresh=True)
+            return None
+        metadata = _metadata(envelope, traceparent, decision.warnings)
+        shred = [
+            key_id
+            for _, event in decision.events
+            if isinstance(event, _SHREDDING)
+            for key_id in event.shredded_key_ids
+        ]
+        request = AppendRequest(
+            command_id=envelope.id,
+            expected=versions,
+            events=[NewEvent(s, e, metadata, _event_id()) for s, e in decision.events],
+            new_keys=new_keys
+            if any(isinstance(e, CertAdded | CertUpdated) for _, e in decision.events)
+            else [],
+            shred=shred,
+        )
+        submitted = self._committer.submit(request, dict.fromkeys(requires))
+        # What the app's next command sees, until this append settles (see `_settle`).
+        after: dict[str, tuple[int, Any]] = {app_id: (app_version, app_state)}
+        for host, state in hostnames.items():
+            after[hostname_stream(host)] = (versions[hostname_stream(host)], state)
+        for stream, event in decision.events:
+            version, state = after[stream]
+            after[stream] = (version + 1, _evolve(stream, state, event))
+        for stream, (version, state) in after.items():
+            if version != versions[stream]:
+                self._pending[stream] = (version, state, submitted)
+        return request, decision, versions, after, submitted
+
+    def _settle(self, request: AppendRequest, submitted: asyncio.Future[AppendResult]) -> None:
+        """Forget what this append made pending. If it failed, forget what later commands
+        decided on top of it too: their appends will fail the same way and decide again."""
+        failed = submitted.cancelled() or submitted.exception() is not None
+        failed = failed or submitted.result().status is not AppendStatus.OK
+        for stream in request.expected:
+            entry = self._pending.get(stream)
+            if entry is not None and (failed or entry[2] is submitted):
+                del self._pending[stream]
 
     async def _skip_projection(
         self, envelope: CommandEnvelope, command: SkipProjection, traceparent: str
@@ -420,19 +517,6 @@ class CommandHandler:
             reply.position,
         )
         return reply
-
-    def _advance_cache(
-        self, expected: dict[str, int], events: list[tuple[str, Any]], versions: list[int]
-    ) -> None:
-        states: dict[str, tuple[int, Any]] = {}
-        for (stream, event), version in zip(events, versions, strict=True):
-            _, state = states.get(stream) or (
-                0,
-                (self._cache.get(stream) or (0, _initial(stream)))[1],
-            )
-            states[stream] = (version, _evolve(stream, state, event))
-        for stream, (version, state) in states.items():
-            self._cache.advance(stream, expected[stream], version, state)
 
     @staticmethod
     def _require_uuid(command_id: str) -> str:

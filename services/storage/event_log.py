@@ -83,11 +83,14 @@ class EventLog(Protocol):
 
     `append_batch` applies each request atomically and independently, in order, in one
     transaction: a request whose expected versions do not match gets CONFLICT, one whose
-    command id is already in the log gets DUPLICATE, and neither affects the others.
-    Raises `Unavailable` when the store cannot be reached (nothing or everything committed).
+    command id is already in the log gets DUPLICATE, and neither affects the others, except
+    that a request also gets CONFLICT when one of the earlier requests `requires` names for it
+    was not appended. Raises `Unavailable` when the store cannot be reached (nothing or everything committed).
     """
 
-    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]: ...
+    async def append_batch(
+        self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+    ) -> list[AppendResult]: ...
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]: ...
 
@@ -138,12 +141,17 @@ def _sealed_event(
     return type_, version, data, metadata, digest
 
 
-_APPEND = "select * from certplane_append_arrays(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
+_APPEND = "select * from certplane_append_chained(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
 
 
-def _batch_arrays(requests: list[AppendRequest], mac_key: bytes | None = None) -> list[list]:
-    """The arguments of `certplane_append_arrays` (schemas/sql/007): one array per column,
-    commands numbered from 1 in batch order."""
+def _batch_arrays(
+    requests: list[AppendRequest],
+    mac_key: bytes | None = None,
+    requires: list[list[int]] | None = None,
+) -> list[list]:
+    """The arguments of `certplane_append_chained` (schemas/sql/010): one array per column,
+    commands numbered from 1 in batch order; `requires[k]` lists the 1-based numbers of the
+    earlier commands command k+1 may only be appended with."""
     cmd_ids: list[str] = []
     exp_cmd: list[int] = []
     exp_stream: list[str] = []
@@ -187,10 +195,15 @@ def _batch_arrays(requests: list[AppendRequest], mac_key: bytes | None = None) -
             key_wrapped.append(key.wrapped)
         shred_cmd.extend(k for _ in r.shred)
         shred_ids.extend(r.shred)
+    req_cmd: list[int] = []
+    req_on: list[int] = []
+    for k, earlier in enumerate(requires or (), 1):
+        req_cmd.extend(k for _ in earlier)
+        req_on.extend(earlier)
     return [
         cmd_ids, exp_cmd, exp_stream, exp_version,
         ev_cmd, ev_index, ev_stream, ev_id, ev_type, ev_schema, ev_data, ev_meta, ev_content,
-        key_cmd, key_ids, key_master, key_wrapped, shred_cmd, shred_ids,
+        key_cmd, key_ids, key_master, key_wrapped, shred_cmd, shred_ids, req_cmd, req_on,
     ]  # fmt: skip
 
 
@@ -228,8 +241,10 @@ class PostgresEventLog:
         self._url = url
         self._writer_key = writer_key  # MACs every event (services/domain/writer_mac.py)
 
-    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
-        arguments = _batch_arrays(requests, self._writer_key)
+    async def append_batch(
+        self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+    ) -> list[AppendResult]:
+        arguments = _batch_arrays(requests, self._writer_key, requires)
         try:
             row = await self._pool.fetchrow(_APPEND, *arguments)
         except (

@@ -49,6 +49,27 @@ async def test_appends_assign_dense_positions_and_stream_versions(log) -> None:
     assert [e.version for e in await log.read_stream("app-one")] == [1, 2, 3]
 
 
+async def test_a_command_decided_after_one_that_fails_fails_with_it(log) -> None:
+    """Another writer made app-one reach version 1 first: the batch's first command (expecting
+    0) fails, and the second, decided on the first's result, expects 1 and would pass the
+    version check with someone else's event under it. Requiring the first stops it."""
+    await log.append_batch([request("app-one", 0)])  # the other writer
+    first, second, free = request("app-one", 0), request("app-one", 1), request("app-two", 0)
+    results = await log.append_batch([first, second, free], requires=[[], [1], []])
+    assert [r.status for r in results] == [
+        AppendStatus.CONFLICT,
+        AppendStatus.CONFLICT,
+        AppendStatus.OK,
+    ]
+    assert results[1].stream == "app-one"
+    assert [e.version for e in await log.read_stream("app-one")] == [1]
+    # and with the first appended, the second goes in behind it
+    results = await log.append_batch(
+        [request("app-one", 1), request("app-one", 2)], requires=[[], [1]]
+    )
+    assert [r.versions for r in results] == [[2], [3]]
+
+
 async def test_a_conflict_fails_only_its_own_command_in_a_batch(log) -> None:
     await log.append_batch([request("app-one", 0)])
     results = await log.append_batch(

@@ -307,6 +307,7 @@ async def test_stale_caches_in_two_gateways_resolve_by_version_check(
     assert all(isinstance(r, Accepted) for r in replies), [
         r for r in replies if isinstance(r, Rejected)
     ]
+    await projected(cp, max(r.position for r in replies))
     view = await cp.query("shop", "app")
     assert len(view.domains) == 40
 
@@ -442,3 +443,57 @@ async def test_a_listing_larger_than_one_nats_message_arrives_whole(
     listed = await asyncio.to_thread(run_cli, settings, "domains", "-a", "big", "--json")
     assert listed.returncode == 0, listed.stderr
     assert sorted(d["hostname"] for d in json.loads(listed.stdout)) == hosts
+
+
+async def test_one_apps_concurrent_commands_share_batches_and_stay_consistent(
+    cp, gateway, db_url
+) -> None:
+    """An app's next command is decided on the state its pending ones make, so 64 clients on
+    one app share batches; refusals are still decided on appended facts only."""
+    await cp.command(CreateApp(app="one"))
+    hosts = [f"h{i}.example.com" for i in range(300)]
+    replies = await asyncio.gather(
+        *(cp.command(AddDomain(app="one", hostname=h)) for h in hosts),
+        # the same hostnames again, with new command ids, while the first are in flight
+        *(cp.command(AddDomain(app="one", hostname=h)) for h in hosts[:30]),
+        *(cp.command(RemoveDomain(app="one", hostname=h)) for h in hosts[30:40]),
+    )
+    accepted = [r for r in replies if isinstance(r, Accepted)]
+    refused = [r for r in replies if isinstance(r, Rejected)]
+    assert {r.code for r in refused} <= {"domain_exists", "domain_not_found"}, refused
+    # each hostname added once; a removal either found its domain or was refused on facts
+    added = await fetch(db_url, "select count(*) from events where type = 'domain.added'")
+    assert added[0][0] == len(hosts)
+    removed = await fetch(db_url, "select count(*) from events where type = 'domain.removed'")
+    assert removed[0][0] + sum(r.code == "domain_not_found" for r in refused) == 10
+    assert len(accepted) == len(hosts) + removed[0][0]
+    versions = await fetch(
+        db_url, "select stream_version from events where stream_id = 'app-one' order by 1"
+    )
+    assert [v[0] for v in versions] == list(range(1, len(versions) + 1))
+    assert sum(r.code == "domain_exists" for r in refused) == 30
+    assert gateway.committer.batches < len(accepted) / 4  # shared, not one append each
+
+
+async def test_two_gateways_pipelining_one_apps_commands_never_build_on_a_failed_one(
+    cp, settings, gateway, db_url
+) -> None:
+    """Each gateway decides the app's next command on its pending ones. When the other
+    gateway wins the app's stream, a pending command fails; those decided on top of it must
+    fail too and decide again, or a domain would be added on a state that never was."""
+    async with Gateway(settings) as _second:
+        await cp.command(CreateApp(app="shop"))
+        hosts = [f"h{i}.example.com" for i in range(300)]
+        replies = await asyncio.gather(
+            *(cp.command(AddDomain(app="shop", hostname=h)) for h in hosts)
+        )
+    assert all(isinstance(r, Accepted) for r in replies), [
+        r for r in replies if isinstance(r, Rejected)
+    ][:3]
+    rows = await fetch(
+        db_url,
+        "select stream_version, data::json->>'hostname' from events"
+        " where stream_id = 'app-shop' order by stream_version",
+    )
+    assert [r[0] for r in rows] == list(range(1, len(hosts) + 2))
+    assert sorted(r[1] for r in rows[1:]) == sorted(hosts)  # each added once

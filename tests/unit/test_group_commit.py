@@ -15,7 +15,9 @@ class SlowLog:
         self.batches: list[list[str]] = []
         self.release = asyncio.Event()
 
-    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+    async def append_batch(
+        self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+    ) -> list[AppendResult]:
         self.batches.append([r.command_id for r in requests])
         await self.release.wait()
         return [
@@ -53,7 +55,9 @@ async def test_batches_are_capped() -> None:
 
 async def test_a_failed_append_fails_every_waiter_and_the_committer_goes_on() -> None:
     class Broken(SlowLog):
-        async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+        async def append_batch(
+            self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+        ) -> list[AppendResult]:
             if len(self.batches) == 0:
                 self.batches.append([])
                 raise ConnectionError("database went away")
@@ -96,3 +100,50 @@ async def test_a_failed_announcement_does_not_fail_the_commands() -> None:
     async with GroupCommitter(log, appenders=1, announce=announce) as committer:  # type: ignore[arg-type]
         results = await asyncio.gather(*(committer.append(req(f"x{i}")) for i in range(3)))
     assert [r.status for r in results] == [AppendStatus.OK] * 3
+
+
+async def test_a_stream_is_in_one_batch_in_flight_at_a_time() -> None:
+    """The gateway decides an app's next command before the last is appended: if the second
+    appender sent the later request while the first still had the earlier one, the later
+    could take the log's lock first and fail its version check."""
+
+    class Gated(SlowLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.active: set[str] = set()
+            self.overlaps: list[set[str]] = []
+
+        async def append_batch(
+            self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+        ) -> list[AppendResult]:
+            streams = {s for r in requests for s in r.expected}
+            if streams & self.active:
+                self.overlaps.append(streams & self.active)
+            self.active |= streams
+            self.batches.append([r.command_id for r in requests])
+            if len(self.batches) == 1:
+                await self.release.wait()  # the first batch stays in flight
+            await asyncio.sleep(0.001)
+            self.active -= streams
+            return [AppendResult(AppendStatus.OK) for _ in requests]
+
+    def on(stream: str, command_id: str) -> AppendRequest:
+        return AppendRequest(command_id=command_id, expected={stream: 0}, events=[])
+
+    log = Gated()
+    async with GroupCommitter(log, appenders=2, min_share=1) as committer:  # type: ignore[arg-type]
+        first = committer.submit(on("app-a", "a1"))
+        await asyncio.sleep(0.01)  # a1 in flight on one appender
+        later = [
+            committer.submit(on("app-a", "a2")),  # waits for a1's batch
+            committer.submit(on("app-b", "b1")),  # free to go on the other appender
+            committer.submit(on("app-a", "a3")),  # behind a2
+            committer.submit(on("app-b", "b2")),
+        ]
+        await asyncio.sleep(0.01)
+        assert log.batches == [["a1"], ["b1", "b2"]]  # app-a's next ones held back
+        log.release.set()
+        await asyncio.gather(first, *later)
+    assert log.overlaps == []
+    appended = [c for b in log.batches for c in b]
+    assert [c for c in appended if c.startswith("a")] == ["a1", "a2", "a3"]
