@@ -145,13 +145,14 @@ class GroupCommitter:
             earlier = [numbers[f] for f in required if f in numbers]
             if any(not _appended(f) for f in required if f not in numbers):
                 stream = next(iter(request.expected), "")
-                future.set_result(
-                    AppendResult(
-                        AppendStatus.CONFLICT,
-                        stream=stream,
-                        expected=request.expected.get(stream, 0),
+                if not future.done():  # its waiter may be gone (cancelled)
+                    future.set_result(
+                        AppendResult(
+                            AppendStatus.CONFLICT,
+                            stream=stream,
+                            expected=request.expected.get(stream, 0),
+                        )
                     )
-                )
                 continue
             kept.append(item)
             numbers[future] = len(kept)

@@ -147,3 +147,38 @@ async def test_a_stream_is_in_one_batch_in_flight_at_a_time() -> None:
     assert log.overlaps == []
     appended = [c for b in log.batches for c in b]
     assert [c for c in appended if c.startswith("a")] == ["a1", "a2", "a3"]
+
+
+async def test_a_request_whose_requirement_failed_is_not_sent() -> None:
+    """Decided on the state a failed append would have made: answered as a conflict at once,
+    so the gateway decides it again on facts; a requirement in the same batch goes along."""
+
+    class Judging(SlowLog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.requires: list[list[list[int]] | None] = []
+
+        async def append_batch(
+            self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+        ) -> list[AppendResult]:
+            self.batches.append([r.command_id for r in requests])
+            self.requires.append(requires)
+            return [
+                AppendResult(AppendStatus.CONFLICT if r.command_id == "a1" else AppendStatus.OK)
+                for r in requests
+            ]
+
+    def on(command_id: str) -> AppendRequest:
+        return AppendRequest(command_id=command_id, expected={"app-a": 0}, events=[])
+
+    log = Judging()
+    async with GroupCommitter(log, appenders=1) as committer:  # type: ignore[arg-type]
+        a1 = committer.submit(on("a1"))
+        assert (await a1).status is AppendStatus.CONFLICT
+        a2 = committer.submit(on("a2"), requires=[a1])
+        assert (await a2).status is AppendStatus.CONFLICT  # never sent
+        b1 = committer.submit(on("b1"))
+        b2 = committer.submit(on("b2"), requires=[b1])  # in b1's batch: the log judges
+        assert (await b2).status is AppendStatus.OK
+    assert log.batches == [["a1"], ["b1", "b2"]]
+    assert log.requires[-1] == [[], [1]]
