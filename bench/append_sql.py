@@ -8,7 +8,7 @@ PostgreSQL.
 
     .venv/bin/python bench/append_sql.py [--batch 32] [--batches 2000] [--sql variant.sql]
 
-`--sql` runs a file (say, a `create or replace function certplane_append_arrays`) after the
+`--sql` runs a file (say, a `create or replace function certplane_append_chained`) after the
 migrations, to compare a variant with the function the migrations install.
 """
 

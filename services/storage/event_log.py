@@ -1,4 +1,4 @@
-"""The event log on PostgreSQL: append batches (`certplane_append_arrays`), read streams back.
+"""The event log on PostgreSQL: append batches (`certplane_append_chained`), read streams back.
 
 This is the one place that talks to the `events` table. Driver errors are translated here
 (STYLE 10): connection trouble becomes `Unavailable`; everything else is a bug and propagates.

@@ -70,6 +70,27 @@ async def test_a_command_decided_after_one_that_fails_fails_with_it(log) -> None
     assert [r.versions for r in results] == [[2], [3]]
 
 
+async def test_the_previous_releases_append_function_still_appends(log, db_url) -> None:
+    """During a rolling upgrade the old gateways call certplane_append_arrays (007), now the
+    chained append without requirements (011)."""
+    from services.storage.event_log import _batch_arrays
+
+    await log.append_batch([request("app-one", 0)])
+    conn = await asyncpg.connect(db_url)
+    try:
+        arguments = _batch_arrays([request("app-one", 1), request("app-one", 1)])[:19]
+        row = await conn.fetchrow(
+            "select * from certplane_append_arrays("
+            + ", ".join(f"${i}" for i in range(1, 20))
+            + ")",
+            *arguments,
+        )
+    finally:
+        await conn.close()
+    assert list(row["status"]) == ["ok", "conflict"]
+    assert [e.version for e in await log.read_stream("app-one")] == [1, 2]
+
+
 async def test_a_conflict_fails_only_its_own_command_in_a_batch(log) -> None:
     await log.append_batch([request("app-one", 0)])
     results = await log.append_batch(
