@@ -175,7 +175,7 @@ async def raw_read(url: str) -> tuple[int, float]:
 async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     """Rebuild through the runner's own code path (generation 1 -> 2), timed."""
     runner = ProjectorRunner(projection, url)
-    conn = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
+    conn = await runner._writer()  # as the projector connects (a projection may configure it)
     reader = await asyncpg.connect(url, server_settings={"role": "certplane_service"})
     runner._reader = BatchReader(reader, runner.batch_size, projection.event_types)
     try:

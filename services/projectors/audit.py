@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncpg
 
 from events.app import AppCreated, AppDestroyed
@@ -94,6 +96,20 @@ def trace_id(traceparent: str) -> str:
     return parts[1] if len(parts) == 4 else ""
 
 
+# PostgreSQL's timestamps count microseconds from 2000-01-01 UTC; asyncpg's "tuple" format
+# hands that count over as is.
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _timestamp_to_pg(value: dt.datetime) -> tuple[int]:
+    return ((value - _PG_EPOCH) // _MICROSECOND,)  # exact: integer timedelta arithmetic
+
+
+def _timestamp_from_pg(value: tuple[int]) -> dt.datetime:
+    return _PG_EPOCH + dt.timedelta(microseconds=value[0])
+
+
 class AuditProjection:
     name = "audit"
     tables = ("audit_log",)
@@ -103,6 +119,20 @@ class AuditProjection:
 
     def reset(self) -> None:
         return None
+
+    async def configure(self, conn: asyncpg.Connection) -> None:
+        """Timestamps by integer arithmetic: asyncpg's own encoder converts each one to UTC
+        and subtracts datetimes, and was a third of the COPY of a rebuild's audit rows
+        (measured: 3.3 -> 2.1 µs of CPU a row). An aware datetime in any zone gives the
+        same count; a naive one raises TypeError (asyncpg would take it as local time): the
+        audit's come from the log, always aware."""
+        await conn.set_type_codec(
+            "timestamptz",
+            schema="pg_catalog",
+            encoder=_timestamp_to_pg,
+            decoder=_timestamp_from_pg,
+            format="tuple",
+        )
 
     def ddl(self, schema: str) -> list[str]:
         return [

@@ -35,6 +35,8 @@ class Projection(Protocol):
       25 % faster; router_config lays the batch before over the rows it reads);
     - optional `version` (1 when absent): raise it when the same log would now give
       different rows; leaders rebuild tables an older version built (see migration 009);
+    - optional `configure(conn)`: sets up the connection its tables are written on (audit:
+      a cheaper timestamp encoder), once per connection;
     - optional `observe(conn, schema)`: refreshes what the projection reports as metrics of
       its own (certificates: how many expire soon); run by the leader every
       CERTPLANE_METRICS_INTERVAL seconds, and only when metrics are on.

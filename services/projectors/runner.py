@@ -158,8 +158,20 @@ class ProjectorRunner:
         }
         return await asyncpg.connect(self.url, server_settings=settings)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _writer(self) -> asyncpg.Connection:
+        """The connection the projection's tables are written on, as the projection wants it."""
         conn = await self._connect()
+        configure = getattr(self.projection, "configure", None)
+        if configure is not None:
+            try:
+                await configure(conn)
+            except BaseException:
+                await _close(conn)
+                raise
+        return conn
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        conn = await self._writer()
         try:
             reader = await self._connect("reader")
             try:

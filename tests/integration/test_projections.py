@@ -576,6 +576,25 @@ async def test_a_poison_event_stops_each_projector_until_an_audited_skip(
     assert {r[1] for r in skipped} == {"test@certplane"}
 
 
+async def test_the_audit_log_keeps_each_event_s_time_to_the_microsecond(
+    cp, projectors, ca, db_url
+) -> None:
+    """The audit projection encodes timestamps itself (`AuditProjection.configure`)."""
+    last = await busy_history(cp, ca)
+    await projected(cp, last)
+    conn = await asyncpg.connect(db_url)
+    try:
+        pairs = await conn.fetch(
+            "select e.recorded_at, a.recorded_at from events e"
+            " left join audit.audit_log a using (position) where e.position <= $1",
+            last,
+        )
+    finally:
+        await conn.close()
+    assert len(pairs) == last and all(logged == audited for logged, audited in pairs)
+    assert any(logged.microsecond for logged, _ in pairs)  # sub-second parts were compared
+
+
 async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) -> None:
     import inspect
 
@@ -597,6 +616,9 @@ async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) 
         store.decode(r).event for r in full if r[8]
     ]
     assert all(store.decode(r).metadata == NO_METADATA for r in bare if r[8])
+    # the hostname's claim is no app event: of it only the position comes, nothing to parse
+    unwanted = [r for r in full if r[8] is None]
+    assert unwanted and all(set(r[1:]) == {None} for r in unwanted)
     assert {store.decode(r).metadata.actor for r in full if r[8]} == {"test@certplane"}
     # a projection that declares it never reads metadata must not read it: it would get blanks
     for module in (certificates, dns_targets, router_config):
