@@ -222,6 +222,14 @@ class _Unsettled:
     appends: list[asyncio.Future[AppendResult]]
 
 
+class _Behind:
+    """Accepted on appended facts while later commands of its streams are pending: their
+    appends come first, so this one must be decided again on the state they make."""
+
+
+_BEHIND = _Behind()
+
+
 class CommandHandler:
     def __init__(
         self,
@@ -332,6 +340,9 @@ class CommandHandler:
                 await asyncio.gather(*step.appends, return_exceptions=True)
                 settled = True
                 continue
+            if isinstance(step, _Behind):
+                settled = False
+                continue
             if step is None:  # refused on an assumption, now replaced by facts
                 continue
             request, decision, versions, after, submitted = step
@@ -383,7 +394,7 @@ class CommandHandler:
         cert: app_aggregate.PreparedCert | None,
         new_keys: list[NewDataKey],
         settled: bool,
-    ) -> _Submitted | _Unsettled | None:
+    ) -> _Submitted | _Unsettled | _Behind | None:
         """Under the app's lock: decide, and hand the events to the group commit."""
         command = envelope.command
         app_id = app_stream(command.app)
@@ -432,6 +443,10 @@ class CommandHandler:
             for stream in assumed:
                 await self._load(stream, refresh=True)
             return None
+        if settled and any(stream in self._pending for stream in versions):
+            # Appended at the settled versions it would conflict with those pending appends
+            # and, being pending itself, misguide the commands decided after it.
+            return _BEHIND
         metadata = _metadata(envelope, traceparent, decision.warnings)
         shred = [
             key_id

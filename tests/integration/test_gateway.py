@@ -497,3 +497,25 @@ async def test_two_gateways_pipelining_one_apps_commands_never_build_on_a_failed
     )
     assert [r[0] for r in rows] == list(range(1, len(hosts) + 2))
     assert sorted(r[1] for r in rows[1:]) == sorted(hosts)  # each added once
+
+
+async def test_two_gateways_refuse_a_repeated_domain_on_facts_without_running_out_of_retries(
+    cp, settings, gateway, db_url
+) -> None:
+    """Both gateways pipeline one app's commands and take its stream from each other, while
+    each hostname is also asked for a second time under a new command id. A second request
+    refused on a pending state and then found acceptable on the appended one (its twin lost
+    the stream) is decided once more on what is pending: never a "busy" refusal, each
+    hostname added exactly once, every duplicate refused as such."""
+    async with Gateway(settings):
+        await cp.command(CreateApp(app="shop"))
+        hosts = [f"h{i}.example.com" for i in range(200)]
+        replies = await asyncio.gather(
+            *(cp.command(AddDomain(app="shop", hostname=h)) for h in hosts),
+            *(cp.command(AddDomain(app="shop", hostname=h)) for h in hosts),
+        )
+    refused = [r for r in replies if isinstance(r, Rejected)]
+    assert {r.code for r in refused} == {"domain_exists"}, [r for r in refused][:3]
+    assert len(refused) == len(hosts)
+    added = await fetch(db_url, "select count(*) from events where type = 'domain.added'")
+    assert added[0][0] == len(hosts)
