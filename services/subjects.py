@@ -33,6 +33,11 @@ class Subjects:
         """Where each gateway announces the events it appended, for the others' caches."""
         return f"{self.prefix}.gateway.appended"
 
+    def gateway_commands(self, gateway: str, app: str = "*", command: str = "*") -> str:
+        """One gateway's own command subject: the commands of an app it owns while it is
+        contended, forwarded by the other gateways (see `gateway.affinity`)."""
+        return f"{self.prefix}.gateway.{gateway}.cmd.{app}.{command}"
+
     def rebuild(self, projection: str) -> str:
         """Answered by the instance leading `projection` (standbys stay silent)."""
         return f"{self.prefix}.ops.projections.{projection}.rebuild"

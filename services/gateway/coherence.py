@@ -78,13 +78,13 @@ def announcements(
         log.debug("an event of %d bytes is too large to announce", len(payload))
 
 
-def read_announcement(payload: bytes, own_id: str) -> list[tuple[str, int, AnyEvent]]:
-    """The events another gateway of this contract appended; none for anything else."""
+def read_announcement(payload: bytes, own_id: str) -> tuple[str, list[tuple[str, int, AnyEvent]]]:
+    """(sender, events) another gateway of this contract appended; ("", []) for anything else."""
     try:
         message = _DECODER.decode(payload)
     except msgspec.DecodeError as e:
         log.debug("ignored an unreadable announcement: %s", e)
-        return []
+        return "", []
     if message.gateway == own_id or message.contract != CONTRACT:
-        return []
-    return message.events
+        return "", []
+    return message.gateway, message.events

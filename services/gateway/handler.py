@@ -47,6 +47,7 @@ from services.domain.streams import (
     projection_stream,
     stream_key,
 )
+from services.gateway.affinity import Affinity
 from services.gateway.bundle_workers import BundleWorkers
 from services.gateway.group_commit import GroupCommitter
 from services.storage.event_log import (
@@ -222,6 +223,15 @@ class _Unsettled:
     appends: list[asyncio.Future[AppendResult]]
 
 
+class Forward(Exception):
+    """The app is contended and another gateway owns it (see `affinity`): hand it this
+    command. Nothing of the command was appended here."""
+
+    def __init__(self, gateway: str) -> None:
+        super().__init__(gateway)
+        self.gateway = gateway
+
+
 class _Behind:
     """Accepted on appended facts while later commands of its streams are pending: their
     appends come first, so this one must be decided again on the state they make."""
@@ -239,8 +249,10 @@ class CommandHandler:
         *,
         clock: Clock = utcnow,
         cache_size: int = 10_000,
+        affinity: Affinity | None = None,
     ) -> None:
         self._log = event_log
+        self._affinity = affinity
         self._committer = committer
         self._bundles = bundles
         self._clock = clock
@@ -256,8 +268,12 @@ class CommandHandler:
         for stream, version, event in events:
             self._cache.follow(stream, version, event)
 
-    async def handle(self, envelope: CommandEnvelope, traceparent: str) -> Accepted | Rejected:
-        """Carry out one command; a repeat of an accepted command id answers the original reply."""
+    async def handle(
+        self, envelope: CommandEnvelope, traceparent: str, *, forwardable: bool = False
+    ) -> Accepted | Rejected:
+        """Carry out one command; a repeat of an accepted command id answers the original reply.
+
+        `forwardable`: raise `Forward` rather than retry when another gateway owns the app."""
         try:
             self._require_uuid(envelope.id)
         except RejectedError as error:
@@ -267,7 +283,7 @@ class CommandHandler:
             if isinstance(command, SkipProjection):
                 async with await self._app_locks(projection_stream(command.projection)):
                     return await self._skip_projection(envelope, command, traceparent)
-            return await self._decide_and_append(envelope, traceparent)
+            return await self._decide_and_append(envelope, traceparent, forwardable)
         except RejectedError as error:
             # A retried command may be refused now (e.g. "app exists") although its first
             # delivery succeeded: the log is the judge of whether it already happened.
@@ -310,7 +326,7 @@ class CommandHandler:
         return loaded
 
     async def _decide_and_append(
-        self, envelope: CommandEnvelope, traceparent: str
+        self, envelope: CommandEnvelope, traceparent: str, forwardable: bool = False
     ) -> Accepted | Rejected:
         """Decide under the app's lock, append after releasing it.
 
@@ -369,6 +385,10 @@ class CommandHandler:
             if result.status is AppendStatus.DUPLICATE:
                 return accepted_from_stored(await self._log.read_command(envelope.id))
             self.conflicts += 1
+            if forwardable and self._affinity is not None and result.stream == app_id:
+                owner = self._affinity.contended(command.app)
+                if owner is not None:
+                    raise Forward(owner)
             if _attempt < len(CONFLICT_BACKOFF_S):
                 pause = CONFLICT_BACKOFF_S[_attempt] * (0.5 + random.random())
                 log.debug(

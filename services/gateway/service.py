@@ -19,10 +19,11 @@ from services.bus import connect_nats
 from services.config import Settings, redact
 from services.domain.errors import Rejected as RejectedError
 from services.domain.writer_mac import writer_key
+from services.gateway.affinity import Affinity
 from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
 from services.gateway.coherence import announcements, appended_events, read_announcement
 from services.gateway.group_commit import GroupCommitter
-from services.gateway.handler import CommandHandler, rejected_reply
+from services.gateway.handler import CommandHandler, Forward, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
 from services.gateway.trust import load_trust_store
@@ -35,6 +36,12 @@ from services.telemetry import command_span, gateway_metrics
 
 log = logging.getLogger("certplane.gateway")
 _PARAMS = msgspec.json.Decoder(QueryParams)
+
+# A command another gateway handed over (see `affinity`); its value is that gateway's id.
+FORWARDED_HEADER = "Certplane-Forwarded-By"
+# How long a forwarded command may take before this gateway decides it itself (the log's
+# command ids make that safe if the owner did append it after all).
+FORWARD_TIMEOUT_S = 10.0
 
 
 class Gateway:
@@ -71,7 +78,11 @@ class Gateway:
                 announce=self._announce,
             )
         )
-        self.handler = CommandHandler(self.event_log, self.committer, self.bundles)
+        self.affinity = Affinity(self.id)
+        self.forwarded = 0  # commands handed to the gateway that owned their app
+        self.handler = CommandHandler(
+            self.event_log, self.committer, self.bundles, affinity=self.affinity
+        )
         if self.metrics is not None:
             self.metrics.count_conflicts(lambda: self.handler.conflicts)
         self.read_models = ReadModels(self.pool)
@@ -81,6 +92,7 @@ class Gateway:
         await self.nc.subscribe(
             self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command
         )
+        await self.nc.subscribe(self.subjects.gateway_commands(self.id), cb=self._spawn_command)
         await self.nc.subscribe(
             self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query
         )
@@ -121,13 +133,47 @@ class Gateway:
 
     async def _on_command(self, msg: Msg) -> None:
         started = time.perf_counter()
-        tag, reply = await self._decide(msg)
+        forwarded_by = (msg.headers or {}).get(FORWARDED_HEADER)
+        app = msg.subject.rsplit(".", 2)[-2] if msg.subject.count(".") >= 3 else ""
+        if forwarded_by:
+            self.affinity.handed_over(app, forwarded_by)
+        owner = None if forwarded_by else self.affinity.owner(app)
+        if owner is not None and await self._forward(msg, app, owner):
+            return
+        try:
+            tag, reply = await self._decide(msg, forwardable=not forwarded_by)
+        except Forward as handover:  # contended while deciding: the owner takes it
+            if await self._forward(msg, app, handover.gateway):
+                return
+            tag, reply = await self._decide(msg, forwardable=False)
         if self.metrics is not None:
             outcome = reply.code if isinstance(reply, Rejected) else "accepted"
             self.metrics.command(tag, outcome, time.perf_counter() - started)
         await self._respond(msg, reply)
 
-    async def _decide(self, msg: Msg) -> tuple[str, Any]:
+    async def _forward(self, msg: Msg, app: str, owner: str) -> bool:
+        """Hand the command to the gateway that owns its app and relay its reply; False if
+        that gateway did not answer (then this one decides the command)."""
+        command = msg.subject.rsplit(".", 1)[-1]
+        headers = {**(msg.headers or {}), FORWARDED_HEADER: self.id}
+        try:
+            answer = await self.nc.request(
+                self.subjects.gateway_commands(owner, app, command),
+                msg.data,
+                timeout=FORWARD_TIMEOUT_S,
+                headers=headers,
+            )
+        except Exception as e:  # no responders, a timeout, a lost connection
+            log.warning("gateway %s did not take a command for %s (%s)", owner, app, e)
+            self.affinity.forget(app, owner)
+            return False
+        self.forwarded += 1
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(answer.data)
+        return True
+
+    async def _decide(self, msg: Msg, *, forwardable: bool = False) -> tuple[str, Any]:
         """The command's type (`unreadable` if it could not be decoded) and its reply."""
         headers = msg.headers or {}
         try:
@@ -150,9 +196,11 @@ class Gateway:
         attributes = {"certplane.app": app, "certplane.command_id": envelope.id}
         with command_span(tag, headers, attributes) as traceparent:
             try:
-                reply = await self.handler.handle(envelope, traceparent)
+                reply = await self.handler.handle(envelope, traceparent, forwardable=forwardable)
             except RejectedError as e:
                 reply = rejected_reply(e)
+            except Forward:
+                raise  # not a failure: `_on_command` hands the command to the app's owner
             except WorkerLost as e:
                 log.warning("command %s (%s): %s", envelope.id, tag, e)
                 reply = Rejected(code="bundle_worker_lost", message=str(e))
@@ -229,7 +277,10 @@ class Gateway:
             await self.nc.publish(subject, payload)
 
     async def _on_announcement(self, msg: Msg) -> None:
-        self.handler.observe(read_announcement(msg.data, self.id))
+        sender, events = read_announcement(msg.data, self.id)
+        if sender:
+            self.affinity.wrote(sender, {stream for stream, _, _ in events})
+            self.handler.observe(events)
 
     async def _respond(self, msg: Msg, reply: object) -> None:
         if not msg.reply:

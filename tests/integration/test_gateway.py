@@ -499,6 +499,39 @@ async def test_two_gateways_pipelining_one_apps_commands_never_build_on_a_failed
     assert sorted(r[1] for r in rows[1:]) == sorted(hosts)  # each added once
 
 
+async def test_two_gateways_contending_for_one_app_hand_its_commands_to_one_of_them(
+    cp, settings, gateway, db_url
+) -> None:
+    """Both gateways pipeline the app's commands and make each other's fail; one hands the
+    app's commands to the other (`affinity`), and nothing runs out of retries."""
+    async with Gateway(settings) as second:
+        await cp.command(CreateApp(app="shop"))
+        hosts = [f"h{i}.example.com" for i in range(400)]
+        replies = await asyncio.gather(
+            *(cp.command(AddDomain(app="shop", hostname=h)) for h in hosts)
+        )
+        forwarded = {gateway.id: gateway.forwarded, second.id: second.forwarded}
+    assert all(isinstance(r, Accepted) for r in replies), [
+        r for r in replies if isinstance(r, Rejected)
+    ][:3]
+    assert sum(forwarded.values()) > 0, forwarded
+    added = await fetch(db_url, "select count(*) from events where type = 'domain.added'")
+    assert added[0][0] == len(hosts)
+
+
+async def test_a_command_for_an_owner_that_stopped_is_decided_where_it_arrived(
+    cp, settings, gateway, db_url
+) -> None:
+    """The gateway that owned a contended app is gone: the command is not lost with it."""
+    await cp.command(CreateApp(app="shop"))
+    gone = "0" * 16
+    gateway.affinity.wrote(gone, ["app-shop"])  # as if it had won the app's stream
+    assert gateway.affinity.contended("shop") == gone
+    reply = await cp.command(AddDomain(app="shop", hostname="www.shop.test"))
+    assert isinstance(reply, Accepted), reply
+    assert gateway.forwarded == 0 and gateway.affinity.owner("shop") is None
+
+
 async def test_two_gateways_refuse_a_repeated_domain_on_facts_without_running_out_of_retries(
     cp, settings, gateway, db_url
 ) -> None:

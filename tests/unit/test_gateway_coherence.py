@@ -80,17 +80,20 @@ def test_only_appended_commands_are_announced_with_their_versions() -> None:
 def test_an_announcement_round_trips_and_a_large_batch_is_split() -> None:
     events = [(f"app-a{i}", 1, AppCreated(app=f"a{i}")) for i in range(40)]
     whole = list(announcements("gw1", events, 1_000_000))
-    assert len(whole) == 1 and read_announcement(whole[0], "gw2") == events
+    assert len(whole) == 1 and read_announcement(whole[0], "gw2") == ("gw1", events)
     parts = list(announcements("gw1", events, 400))
     assert len(parts) > 1 and all(len(p) <= 400 for p in parts)
-    assert [e for p in parts for e in read_announcement(p, "gw2")] == events
+    assert [e for p in parts for e in read_announcement(p, "gw2")[1]] == events
 
 
 def test_own_foreign_and_unreadable_announcements_are_ignored() -> None:
     events = [("app-a", 1, AppCreated(app="a"))]
     (own,) = announcements("gw1", events, 1_000_000)
-    assert read_announcement(own, "gw1") == []
+    assert read_announcement(own, "gw1") == ("", [])
     foreign = coherence._ENCODER.encode(Appended("gw3", "another-contract", events))
-    assert read_announcement(foreign, "gw2") == []
-    assert read_announcement(b"not json", "gw2") == []
-    assert read_announcement(b'["gw3", "x", [["app-a", 1, {"type": "no.such"}]]]', "gw2") == []
+    assert read_announcement(foreign, "gw2") == ("", [])
+    assert read_announcement(b"not json", "gw2") == ("", [])
+    assert read_announcement(b'["gw3", "x", [["app-a", 1, {"type": "no.such"}]]]', "gw2") == (
+        "",
+        [],
+    )
