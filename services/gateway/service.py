@@ -194,13 +194,14 @@ class Gateway:
                 f"{app!r}: publish to {self.subjects.command(app, '<Command>')}.",
             )
         attributes = {"certplane.app": app, "certplane.command_id": envelope.id}
+        handover: Forward | None = None
         with command_span(tag, headers, attributes) as traceparent:
             try:
                 reply = await self.handler.handle(envelope, traceparent, forwardable=forwardable)
             except RejectedError as e:
                 reply = rejected_reply(e)
-            except Forward:
-                raise  # not a failure: `_on_command` hands the command to the app's owner
+            except Forward as e:  # not a failure (the span must not say so): see `_on_command`
+                handover = e
             except WorkerLost as e:
                 log.warning("command %s (%s): %s", envelope.id, tag, e)
                 reply = Rejected(code="bundle_worker_lost", message=str(e))
@@ -211,6 +212,8 @@ class Gateway:
                     message="The gateway failed while handling this command; nothing was appended "
                     "unless a retry with the same command id says otherwise. Try again.",
                 )
+        if handover is not None:
+            raise handover
         if isinstance(reply, Rejected):
             log.info(
                 "command %s %s for %s rejected: %s",
