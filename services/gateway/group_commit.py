@@ -97,17 +97,22 @@ class GroupCommitter:
     async def _run(self, index: int) -> None:
         while True:
             batch = await self._next_batch(index)
-            if len(batch) < self._min_share and self._upstream():
-                # Commands still in a bundle worker finish one by one, each about a
-                # millisecond apart: without a pause each would be appended alone, and a
-                # lone append costs PostgreSQL as much CPU as a batch of ten.
-                await asyncio.sleep(self._linger)
-                batch += self._take(index, self._min_share - len(batch))
-            batch, requires = self._without_failed_requirements(batch)
-            if not batch:
-                continue
-            self._in_flight[index] = frozenset(s for r, _, _ in batch for s in r.expected)
+            # The batch's streams are taken from now on, pause included: a request the other
+            # appender took meanwhile could otherwise be appended first, ahead of the one it
+            # rests on (it failed, and all after it on its app: 64 AddCerts on one app met
+            # thousands of conflicts and "busy" refusals).
+            self._in_flight[index] = _streams(batch)
             try:
+                if len(batch) < self._min_share and self._upstream():
+                    # Commands still in a bundle worker finish one by one, each about a
+                    # millisecond apart: without a pause each would be appended alone, and a
+                    # lone append costs PostgreSQL as much CPU as a batch of ten.
+                    await asyncio.sleep(self._linger)
+                    batch += self._take(index, self._min_share - len(batch))
+                    self._in_flight[index] = _streams(batch)
+                batch, requires = self._without_failed_requirements(batch)
+                if not batch:
+                    continue
                 results = await self._log.append_batch([r for r, _, _ in batch], requires)
             except Exception as e:  # every waiter learns of it; the loop goes on
                 for _, future, _ in batch:
@@ -190,6 +195,10 @@ class GroupCommitter:
         kept.extend(waiting)
         self._waiting = kept
         return taken
+
+
+def _streams(batch: list[_Waiting]) -> frozenset[str]:
+    return frozenset(s for r, _, _ in batch for s in r.expected)
 
 
 def _appended(future: asyncio.Future[AppendResult]) -> bool:

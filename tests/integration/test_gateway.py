@@ -552,3 +552,24 @@ async def test_two_gateways_refuse_a_repeated_domain_on_facts_without_running_ou
     assert len(refused) == len(hosts)
     added = await fetch(db_url, "select count(*) from events where type = 'domain.added'")
     assert added[0][0] == len(hosts)
+
+
+async def test_one_apps_concurrent_certificates_share_batches_without_conflicts(
+    cp, ca, gateway, db_url
+) -> None:
+    """AddCerts finish validation in bundle workers a moment apart, and the group commit
+    pauses for them; one app's next certificate must still wait for the batch it rests on."""
+    await cp.command(CreateApp(app="shop"))
+    leaf = ca.leaf("www.shop.test")
+    replies = await asyncio.gather(
+        *(
+            add_cert(cp, "shop", [leaf.cert_pem, ca.intermediate.cert_pem], leaf.key_pem)
+            for _ in range(64)
+        )
+    )
+    assert all(isinstance(r, Accepted) for r in replies), [
+        r for r in replies if isinstance(r, Rejected)
+    ][:3]
+    assert gateway.handler.conflicts == 0
+    added = await fetch(db_url, "select count(*) from events where type = 'cert.added'")
+    assert added[0][0] == 64

@@ -149,6 +149,46 @@ async def test_a_stream_is_in_one_batch_in_flight_at_a_time() -> None:
     assert [c for c in appended if c.startswith("a")] == ["a1", "a2", "a3"]
 
 
+async def test_a_stream_stays_with_a_batch_that_waits_for_bundles_to_finish() -> None:
+    """While bundles are still in workers, an appender pauses before sending a small batch
+    (`linger`); an app's next command, submitted during that pause, must join that batch or
+    wait for it, not go first on the other appender (it failed, and every command decided
+    after it: 64 AddCerts on one app met thousands of conflicts)."""
+    sent: list[list[str]] = []
+    active: set[str] = set()
+    overlaps: list[set[str]] = []
+
+    class Log:
+        async def append_batch(
+            self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+        ) -> list[AppendResult]:
+            streams = {s for r in requests for s in r.expected}
+            overlaps.extend([streams & active] if streams & active else [])
+            active.update(streams)
+            sent.append([r.command_id for r in requests])
+            await asyncio.sleep(0.01)
+            active.difference_update(streams)
+            return [AppendResult(AppendStatus.OK) for _ in requests]
+
+    def on(stream: str, command_id: str) -> AppendRequest:
+        return AppendRequest(command_id=command_id, expected={stream: 0}, events=[])
+
+    async with GroupCommitter(
+        Log(),  # type: ignore[arg-type]
+        appenders=2,
+        min_share=4,
+        linger=0.05,
+        upstream=lambda: 1,  # bundles are always still being validated
+    ) as committer:
+        first = committer.submit(on("app-a", "a1"))
+        await asyncio.sleep(0.01)  # an appender took a1 and is pausing for more
+        later = [committer.submit(on("app-a", "a2")), committer.submit(on("app-b", "b1"))]
+        await asyncio.gather(first, *later)
+    assert overlaps == []
+    appended = [c for b in sent for c in b]
+    assert appended.index("a1") < appended.index("a2")
+
+
 async def test_a_request_whose_requirement_failed_is_not_sent() -> None:
     """Decided on the state a failed append would have made: answered as a conflict at once,
     so the gateway decides it again on facts; a requirement in the same batch goes along."""
