@@ -134,18 +134,21 @@ async def main() -> None:
             reply = COMMAND_REPLY_DECODER.decode(msg.data)
             assert isinstance(reply, Accepted), reply
 
-        made: set[int] = set()
         serial = itertools.count()
         done = [0]
 
         created: dict[int, asyncio.Task[None]] = {}
 
-        async def add_domain(w: int, i: int) -> None:
+        async def app_of(w: int) -> str:
             w = w % opts.apps if opts.apps else w
             app = f"w{w:05d}"
             if w not in created:  # clients sharing an app wait for its creation
                 created[w] = asyncio.ensure_future(command(CreateApp(app=app)))
             await created[w]
+            return app
+
+        async def add_domain(w: int, i: int) -> None:
+            app = await app_of(w)
             await command(AddDomain(app=app, hostname=f"h{next(serial)}.{app}.bench.example"))
             done[0] += 1
 
@@ -160,10 +163,7 @@ async def main() -> None:
             chain = [leaf.cert_pem, ca.intermediate.cert_pem]
 
             async def add_cert(w: int, i: int) -> None:
-                app = f"w{w:05d}"
-                if w not in made:
-                    made.add(w)
-                    await command(CreateApp(app=app))
+                app = await app_of(w)
                 await command(AddCert(app=app, certificates=chain, key=sealed, bypass=True))
                 done[0] += 1
 
