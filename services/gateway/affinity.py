@@ -48,6 +48,8 @@ class Affinity:
         # app -> (the gateway that last announced an append to it, when)
         self._writers: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._owners: dict[str, str] = {}  # app -> the other gateway that takes its commands
+        # app -> (the gateway that last forwarded one of its commands here, when)
+        self._handed_in: dict[str, tuple[str, float]] = {}
 
     def wrote(self, gateway: str, streams: Iterable[str]) -> None:
         """Another gateway announced appends to these streams."""
@@ -63,15 +65,24 @@ class Affinity:
 
     def contended(self, app: str) -> str | None:
         """An append to the app's stream failed here: the gateway to hand the app's commands
-        to (the one that won the stream), or None if no other gateway is appending to it."""
+        to (the one that won the stream), or None if no other gateway is appending to it or
+        this one keeps the app (that gateway hands it here too, and this id is smaller)."""
         writer = self._recent_writer(app)
-        if writer is not None:
-            self._owners[app] = writer
+        if writer is None:
+            return None
+        handing = self._handed_in.get(app)
+        mutual = handing is not None and handing[0] == writer
+        if mutual and self._clock() - handing[1] <= self.window_s and self.own_id < writer:
+            return None  # its commands already come here; the ones it has in flight drain
+        self._owners[app] = writer
         return writer
 
     def handed_over(self, app: str, gateway: str) -> None:
         """`gateway` forwarded one of the app's commands here: if this gateway was handing
         the app to it at the same time, the smaller id keeps the app."""
+        self._handed_in[app] = (gateway, self._clock())
+        if len(self._handed_in) > self._max:
+            self._handed_in.clear()  # only a hint; it is renewed by the next forward
         if self._owners.get(app) == gateway and self.own_id < gateway:
             del self._owners[app]
 

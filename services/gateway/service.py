@@ -143,6 +143,9 @@ class Gateway:
         try:
             tag, reply = await self._decide(msg, forwardable=not forwarded_by)
         except Forward as handover:  # contended while deciding: the owner takes it
+            log.info(
+                "app %s is contended: handing its commands to gateway %s", app, handover.gateway
+            )
             if await self._forward(msg, app, handover.gateway):
                 return
             tag, reply = await self._decide(msg, forwardable=False)

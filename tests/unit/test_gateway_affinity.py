@@ -64,3 +64,19 @@ def test_the_apps_remembered_are_bounded() -> None:
     affinity = Affinity("bbbb", clock=Clock(), max_apps=3)
     affinity.wrote("aaaa", [f"app-a{i}" for i in range(10)])
     assert [affinity.contended(f"a{i}") for i in range(10)] == [None] * 7 + ["aaaa"] * 3
+
+
+def test_the_smaller_id_does_not_hand_back_an_app_it_is_being_handed() -> None:
+    """Its appends still lose to the commands the other gateway had in flight: those drain."""
+    clock = Clock()
+    low = Affinity("aaaa", clock=clock, window_s=2.0)
+    low.wrote("bbbb", ["app-shop"])
+    low.handed_over("shop", "bbbb")
+    assert low.contended("shop") is None and low.owner("shop") is None
+    high = Affinity("cccc", clock=clock, window_s=2.0)
+    high.wrote("bbbb", ["app-shop"])
+    high.handed_over("shop", "bbbb")  # a larger id hands the app to the smaller one
+    assert high.contended("shop") == "bbbb"
+    clock.now += 3.0  # the hand-over is old news: the winner of the stream takes the app
+    low.wrote("bbbb", ["app-shop"])
+    assert low.contended("shop") == "bbbb"
