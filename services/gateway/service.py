@@ -92,7 +92,9 @@ class Gateway:
         await self.nc.subscribe(
             self.subjects.all_commands(), queue=GATEWAY_QUEUE, cb=self._spawn_command
         )
-        await self.nc.subscribe(self.subjects.gateway_commands(self.id), cb=self._spawn_command)
+        await self.nc.subscribe(
+            self.subjects.gateway_commands(self.id), cb=self._spawn_forwarded_command
+        )
         await self.nc.subscribe(
             self.subjects.all_queries(), queue=GATEWAY_QUEUE, cb=self._spawn_query
         )
@@ -119,6 +121,15 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    async def _spawn_forwarded_command(self, msg: Msg) -> None:
+        """Handed over by another gateway (see `affinity`): no slot of this one's, since
+        gateways that forward to each other with every slot taken would wait on each other
+        (the sender's slot bounds these)."""
+        task = asyncio.create_task(self._on_command(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
     async def _spawn_query(self, msg: Msg) -> None:
         await self._slots.acquire()
         task = asyncio.create_task(self._on_query(msg))
@@ -128,8 +139,7 @@ class Gateway:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("unexpected error handling a message", exc_info=task.exception())
+        _log_failure(task)
 
     async def _on_command(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -315,6 +325,11 @@ class Gateway:
             )
         with contextlib.suppress(Exception):
             await msg.respond(payload)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("unexpected error handling a message", exc_info=task.exception())
 
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
