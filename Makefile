@@ -5,7 +5,7 @@ PY ?= .venv/bin/python
 lint:
 	$(PY) -m ruff format --check events services schemas tests bench
 	$(PY) -m ruff check events services schemas tests bench
-	$(PY) -m mypy events services/domain services/router services/cli/routers.py
+	$(PY) -m mypy events services
 
 test:
 	$(PY) -m pytest

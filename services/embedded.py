@@ -124,7 +124,9 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import pgserver  # heavy import, only when needed
 
-            server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            server = pgserver.get_server(  # type: ignore[attr-defined]
+                self.data_dir, cleanup_mode="stop"
+            )
         self._server = server
         return str(server.get_uri(database))
 

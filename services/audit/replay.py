@@ -350,9 +350,9 @@ async def apps_at(
                 keys[event.hostname] = draw(first_draw)  # type: ignore[union-attr]
             elif type(event) is DomainRemoved:
                 keys.pop(event.hostname, None)
-            current = evolve(current, event)  # type: ignore[arg-type, arg-type]
+            current = evolve(current, event)  # type: ignore[arg-type]
             if type(event) in _CERT_EVENTS:
-                current = _without_key_material(current)  # type: ignore[arg-type]
+                current = _without_key_material(current)
         done += len(records)
         if progress is not None:
             progress(done)
@@ -439,8 +439,8 @@ def diff(before: dict[str, object], after: dict[str, object]) -> list[str]:
     """What changed between two summaries, one line each (`+` added, `-` removed, `~` changed)."""
     lines: list[str] = []
     for section in ("domains", "endpoints"):
-        old: dict[str, object] = before.get(section, {})  # type: ignore[assignment]
-        new: dict[str, object] = after.get(section, {})  # type: ignore[assignment]
+        old: dict[str, dict[str, object]] = before.get(section, {})  # type: ignore[assignment]
+        new: dict[str, dict[str, object]] = after.get(section, {})  # type: ignore[assignment]
         singular = section[:-1]
         for key in sorted(new.keys() - old.keys()):
             lines.append(f"+ {singular} {key}: {_describe(new[key])}")
@@ -449,9 +449,9 @@ def diff(before: dict[str, object], after: dict[str, object]) -> list[str]:
         for key in sorted(old.keys() & new.keys()):
             if old[key] != new[key]:
                 changes = [
-                    f"{k} {_short(old[key].get(k))} → {_short(v)}"  # type: ignore[union-attr]
-                    for k, v in new[key].items()  # type: ignore[union-attr]
-                    if old[key].get(k) != v  # type: ignore[union-attr]
+                    f"{k} {_short(old[key].get(k))} → {_short(v)}"
+                    for k, v in new[key].items()
+                    if old[key].get(k) != v
                 ]
                 lines.append(f"~ {singular} {key}: {'; '.join(changes)}")
     return lines

@@ -44,6 +44,7 @@ from services.audit.verify import (
 )
 from services.cli import output
 from services.config import Settings, redact
+from services.domain.app import AppState
 from services.domain.dns_target import render
 from services.domain.domain_name import normalize_hostname
 from services.domain.errors import Rejected as RejectedError
@@ -349,7 +350,7 @@ def _print_app(summary: dict[str, object]) -> None:
     for name, e in endpoints.items():
         print(f"Endpoint {name} ({_kind(e['type'])}): {e['subject']}, issued by "
               f"{e['issuer']}, valid {e['not_before']:%Y-%m-%d} to {e['not_after']:%Y-%m-%d}, "
-              f"SHA256 {e['fingerprint_sha256']}")  # type: ignore[str-format]  # fmt: skip
+              f"SHA256 {e['fingerprint_sha256']}")  # fmt: skip
 
 
 async def audit_served(args: argparse.Namespace) -> None:
@@ -372,17 +373,18 @@ async def audit_served(args: argparse.Namespace) -> None:
         print(f"Nothing was configured to be served for {host} at {when}: a TLS handshake for it "
               "got an unrecognized_name alert.")  # fmt: skip
         return
-    e = served.endpoint
+    cert = served.endpoint
     via = f" (through {served.entry})" if served.entry != host else ""
     print(f"At {when}, routers were configured to serve {host}{via} with:")
     print(f"  app             {served.app}")
-    print(f"  endpoint        {e['name']} ({_kind(e['type'])})")
-    print(f"  fingerprint     SHA256 {e['fingerprint_sha256']}")
-    print(f"  subject         {e['subject']}")
-    print(f"  issuer          {e['issuer']}")
+    print(f"  endpoint        {cert['name']} ({_kind(cert['type'])})")
+    print(f"  fingerprint     SHA256 {cert['fingerprint_sha256']}")
+    print(f"  subject         {cert['subject']}")
+    print(f"  issuer          {cert['issuer']}")
     print(
-        f"  valid           {e['not_before']:%Y-%m-%d %H:%M} to {e['not_after']:%Y-%m-%d %H:%M} UTC"
-    )  # type: ignore[str-format]
+        f"  valid           {cert['not_before']:%Y-%m-%d %H:%M} to "
+        f"{cert['not_after']:%Y-%m-%d %H:%M} UTC"
+    )
     print(f"  since           position {served.since_position} ({served.since_event}, "
           f"{served.since_at:%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
 
@@ -399,14 +401,14 @@ async def audit_history(args: argparse.Namespace) -> None:
     previous: dict[str, object] = {"domains": {}, "endpoints": {}}
 
     def on_change(
-        state: Replay, stored: StoredEvent, name: str, before: object, after: object
+        state: Replay, stored: StoredEvent, name: str, before: AppState, after: AppState
     ) -> None:
         nonlocal previous
         if name != app:
             return
         now = (
             app_summary(after, state.targets) if after.exists else {"domains": {}, "endpoints": {}}
-        )  # type: ignore[attr-defined, arg-type]
+        )
         entries.append({
             "position": stored.position, "recorded_at": stored.recorded_at,
             "event": tag_of(type(stored.event)), "actor": stored.metadata.actor,
@@ -426,7 +428,7 @@ async def audit_history(args: argparse.Namespace) -> None:
         print(f"No history for {app}.")
     for entry in entries:
         print(f"{entry['recorded_at']:%Y-%m-%d %H:%M:%S} UTC  #{entry['position']}  "
-              f"{entry['event']}  by {entry['actor']}")  # type: ignore[str-format]  # fmt: skip
+              f"{entry['event']}  by {entry['actor']}")  # fmt: skip
         for line in entry["changes"]:  # type: ignore[attr-defined]
             print(f"    {line}")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import nats.errors
+from nats.aio.client import Client as NATS
 
 from events.base import Command
 from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
@@ -53,7 +54,7 @@ class ControlPlane:
         self.timeout, self.retries = timeout, retries
         self.subjects = Subjects(prefix)
         self.actor = actor or default_actor()
-        self._nc: Any = None
+        self._nc: NATS = None  # type: ignore[assignment]  # connected in __aenter__
 
     async def __aenter__(self) -> ControlPlane:
         async def quiet(_: Exception) -> None:
@@ -95,7 +96,7 @@ class ControlPlane:
         writer.close()
 
     @property
-    def nc(self) -> nats.NATS:
+    def nc(self) -> NATS:
         """The connection, for what is read straight from NATS (router reports)."""
         return self._nc
 
@@ -142,7 +143,8 @@ class ControlPlane:
         )
         subject = self.subjects.command(getattr(command, "app", NON_APP), type(command).__name__)
         raw = await self._request(subject, encode(envelope), {"traceparent": new_traceparent()})
-        return COMMAND_REPLY_DECODER.decode(raw)
+        reply: Accepted | Rejected = COMMAND_REPLY_DECODER.decode(raw)
+        return reply
 
     async def query(self, app: str | None, view: str, params: QueryParams | None = None) -> Any:
         body = encode(params) if params is not None else b""

@@ -71,8 +71,12 @@ class Affinity:
         if writer is None:
             return None
         handing = self._handed_in.get(app)
-        mutual = handing is not None and handing[0] == writer
-        if mutual and self._clock() - handing[1] <= self.window_s and self.own_id < writer:
+        if (
+            handing is not None
+            and handing[0] == writer
+            and self._clock() - handing[1] <= self.window_s
+            and self.own_id < writer
+        ):
             return None  # its commands already come here; the ones it has in flight drain
         self._owners[app] = writer
         return writer

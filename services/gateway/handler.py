@@ -339,6 +339,7 @@ class CommandHandler:
         facts (`settled`), never on a state that may not come to be.
         """
         command = envelope.command
+        assert not isinstance(command, SkipProjection)  # `handle` takes those elsewhere
         now = self._clock()
         new_keys: list[NewDataKey] = []
         cert = None
@@ -417,6 +418,7 @@ class CommandHandler:
     ) -> _Submitted | _Unsettled | _Behind | None:
         """Under the app's lock: decide, and hand the events to the group commit."""
         command = envelope.command
+        assert not isinstance(command, SkipProjection)
         app_id = app_stream(command.app)
         # The appends this decision rests on, read where the states are read: it may only be
         # appended with them (`submit(..., requires)`).

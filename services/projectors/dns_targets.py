@@ -96,9 +96,9 @@ class DnsTargetsProjection:
                         pending_targets.discard(target)
                         freed.add(target)
                     else:
-                        target = targets_of.get(host)
-                        if target is not None and host not in deleted_hosts:
-                            freed.add(target)
+                        known = targets_of.get(host)
+                        if known is not None and host not in deleted_hosts:
+                            freed.add(known)
                         deleted_hosts.add(host)
                 case AppDestroyed(app=app):
                     for host in [h for h, (a, _, _) in pending.items() if a == app]:

@@ -42,9 +42,15 @@ class Projection(Protocol):
       CERTPLANE_METRICS_INTERVAL seconds, and only when metrics are on.
     """
 
-    name: str
-    tables: Sequence[str]
-    event_types: frozenset[str] | None
+    # read-only (properties here): a projection class states them as plain class attributes
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tables(self) -> Sequence[str]: ...
+
+    @property
+    def event_types(self) -> frozenset[str] | None: ...
 
     def ddl(self, schema: str) -> list[str]: ...
 

@@ -206,7 +206,7 @@ class RouterConfigProjection:
             f" sealed_key, tls_policy, problem, position from {table} where hostname = any($1)",
             hosts,
         ):
-            rows[r[0]] = (tuple(r[1:9]), r[9])  # type: ignore[assignment]
+            rows[r[0]] = (tuple(r[1:9]), r[9])
         for host in hosts:
             if host in self._overlay:
                 rows[host] = self._overlay[host]
@@ -272,7 +272,7 @@ class RouterConfigProjection:
             if hosts is not None
             else conn.fetch(query)
         )
-        return {r[0]: _entry(r[0], tuple(r[1:9]), r[9]) for r in rows}  # type: ignore[arg-type]
+        return {r[0]: _entry(r[0], tuple(r[1:9]), r[9]) for r in rows}
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         if self.kv is None:

@@ -30,6 +30,7 @@ import traceback
 
 import asyncpg
 
+from events.union import tag_of
 from services.projectors import store
 from services.projectors.projection import Projection
 from services.projectors.reader import BatchReader
@@ -483,7 +484,7 @@ class ProjectorRunner:
                     self.projection.reset()
                     error = "".join(traceback.format_exception_only(e)).strip()
             if error:
-                kind = type(event.event).__struct_config__.tag  # type: ignore[attr-defined]
+                kind = tag_of(type(event.event))
                 await self._dead_letter(conn, event.position, kind, error, stop)
                 return
         if through > self.position:  # positions after the last event this projection reads

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from events.codec import encode
 from events.replies import RebuildStarted
@@ -39,7 +39,7 @@ log = logging.getLogger("certplane.projector")
 PROCESS_GROUPS = (("router_config",), tuple(n for n in NAMES if n != "router_config"))
 
 
-async def router_bucket(nc: nats.NATS, name: str):  # type: ignore[no-untyped-def]
+async def router_bucket(nc: NATS, name: str) -> KeyValue:
     js = nc.jetstream()
     try:
         return await js.key_value(name)
@@ -59,7 +59,7 @@ def _rebuild_handler(runner: ProjectorRunner):  # type: ignore[no-untyped-def]
     return handle
 
 
-def build(name: str, settings: Settings, kv: object, nc: NATS | None = None) -> Projection:
+def build(name: str, settings: Settings, kv: KeyValue | None, nc: NATS | None = None) -> Projection:
     match name:
         case "certificates":
             return CertificatesProjection()
@@ -70,7 +70,7 @@ def build(name: str, settings: Settings, kv: object, nc: NATS | None = None) -> 
         case "router_config":
             return RouterConfigProjection(
                 load_master_key(settings), router_public_key(settings), kv
-            )  # type: ignore[arg-type]
+            )
         case "sealer":
             return SealerProjection(
                 load_signing_key(settings),

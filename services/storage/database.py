@@ -24,7 +24,7 @@ def database_name(url: str) -> str:
 async def connect(url: str, **kwargs: object) -> asyncpg.Connection:
     """One admin connection; raises `Unavailable` naming the URL when it cannot be reached."""
     try:
-        return await asyncpg.connect(url, timeout=10, **kwargs)  # type: ignore[arg-type]
+        return await asyncpg.connect(url, timeout=10, **kwargs)
     except (OSError, asyncpg.exceptions.CannotConnectNowError, TimeoutError) as e:
         raise Unavailable(
             f"PostgreSQL at {redact(url)} cannot be reached: {e}", url=redact(url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
@@ -148,7 +148,7 @@ def _batch_arrays(
     requests: list[AppendRequest],
     mac_key: bytes | None = None,
     requires: list[list[int]] | None = None,
-) -> list[list]:
+) -> list[list[Any]]:
     """The arguments of `certplane_append_chained` (schemas/sql/010): one array per column,
     commands numbered from 1 in batch order; `requires[k]` lists the 1-based numbers of the
     earlier commands command k+1 may only be appended with."""
