@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import os
 import secrets
+import subprocess
 import sys
 import time
 import uuid
@@ -200,9 +201,14 @@ async def main() -> None:
         await conn.close()
     finally:
         await nc.close()
-        for gateway in gateways:
+        for gateway in gateways:  # all of them first: a failed run leaves commands in flight
             gateway.terminate()
-            gateway.wait(10)
+        for gateway in gateways:
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                gateway.wait()
         await drop_database(url)
         ca_file.unlink(missing_ok=True)
 
