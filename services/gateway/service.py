@@ -40,8 +40,9 @@ _PARAMS = msgspec.json.Decoder(QueryParams)
 # A command another gateway handed over (see `affinity`); its value is that gateway's id.
 FORWARDED_HEADER = "Certplane-Forwarded-By"
 # How long a forwarded command may take before this gateway decides it itself (the log's
-# command ids make that safe if the owner did append it after all).
-FORWARD_TIMEOUT_S = 10.0
+# command ids make that safe if the owner did append it after all): well inside the CLI's
+# 10 s request timeout, so that the client still hears from this gateway.
+FORWARD_TIMEOUT_S = 5.0
 
 
 class Gateway:
