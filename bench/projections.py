@@ -180,9 +180,12 @@ async def catch_up(url: str, projection, kv=None) -> tuple[int, float]:  # type:
     runner._reader = BatchReader(reader, runner.batch_size, projection.event_types)
     try:
         generation = await store.live_generation(conn, projection.name)
-        schema = await store.ensure_tables(conn, projection, generation)
-        async with conn.transaction():
-            await store.point_views(conn, projection, generation)
+        schema = store.generation_schema(projection.name, generation)
+        if not await conn.fetchval("select 1 from pg_namespace where nspname = $1", schema):
+            # (a kept log's live tables may be another build's, of another shape: left alone)
+            await store.ensure_tables(conn, projection, generation)
+            async with conn.transaction():
+                await store.point_views(conn, projection, generation)
         started = time.perf_counter()
         await runner._rebuild_generation(conn, schema)
         return runner.position, time.perf_counter() - started

@@ -35,6 +35,9 @@ class Projection(Protocol):
       25 % faster; router_config lays the batch before over the rows it reads);
     - optional `version` (1 when absent): raise it when the same log would now give
       different rows; leaders rebuild tables an older version built (see migration 009);
+    - `tables` names the stable views `<name>.<table>` readers use; each selects everything
+      from the generation's table of that name, unless optional `views(schema)` gives each
+      view's query (router_config joins two tables into one row per hostname);
     - optional `configure(conn)`: sets up the connection its tables are written on (audit:
       a cheaper timestamp encoder), once per connection;
     - optional `observe(conn, schema)`: refreshes what the projection reports as metrics of

@@ -8,6 +8,13 @@ repairs any difference, so a wiped or stale bucket heals. After each batch's ent
 `_checkpoint` key (ConfigCheckpoint) is written too, even when no entry changed: a router
 that has applied it knows it serves the config of that log position. Private keys are decrypted here
 (with the data key, unwrapped by the master key) only to be sealed to the routers' key.
+
+A certificate usually serves several hostnames (a wildcard, a SAN list), so its chain and
+sealed key are stored once, in `router_bundles` keyed by the data key's id (every upload gets
+a fresh data key, so the id names exactly one chain and key), and `router_hosts` points at
+it; the view `router_config.router_config` joins them back into one row per hostname. A
+bundle no hostname points at any more is deleted with the last row that did: a sealed key
+must not outlive the certificate's removal (crypto-shredding).
 """
 
 from __future__ import annotations
@@ -35,12 +42,14 @@ _SEAL_DECODER = msgspec.json.Decoder(RouterKeySeal)
 ENTRY_ENCODER = msgspec.json.Encoder()
 ENTRY_DECODER = msgspec.json.Decoder(RouterConfigEntry)
 
-Row = tuple[str, str, str, str, str, str | None, str, str]  # without position
+Host = tuple[str, str, str, str, str, str]  # app, endpoint, type, fingerprint, policy, key id
+Bundle = tuple[str, str | None, str]  # chain PEM, sealed key (None: destroyed), problem
 
 
-def _entry(hostname: str, row: Row, position: int) -> bytes:
-    """The KV value routers read for one row."""
-    app, endpoint, kind, chain, fingerprint, sealed, policy, problem = row
+def _entry(hostname: str, host: Host, bundle: Bundle, position: int) -> bytes:
+    """The KV value routers read for one hostname."""
+    app, endpoint, kind, fingerprint, policy, _ = host
+    chain, sealed, problem = bundle
     return ENTRY_ENCODER.encode(
         RouterConfigEntry(
             hostname=hostname, app=app, endpoint=endpoint, endpoint_type=EndpointType(kind),
@@ -55,17 +64,26 @@ def _checkpoint(position: int) -> bytes:
     return ENTRY_ENCODER.encode(ConfigCheckpoint(position=position))
 
 
-_COLUMNS = ["hostname", "app", "endpoint", "endpoint_type", "chain_pem", "fingerprint",
-            "sealed_key", "tls_policy", "problem", "position"]  # fmt: skip
+_HOST_COLUMNS = ["hostname", "app", "endpoint", "endpoint_type", "fingerprint", "tls_policy",
+                 "key_id", "position"]  # fmt: skip
+# One row per hostname, as routers get it (and as before bundles were stored apart).
+_JOINED = (
+    "select h.hostname, h.app, h.endpoint, h.endpoint_type, b.chain_pem, h.fingerprint,"
+    ' b.sealed_key, h.tls_policy, b.problem, h.position from "{schema}".router_hosts h'
+    ' join "{schema}".router_bundles b on b.key_id = h.key_id'
+)
 
 
 @dataclass(frozen=True)
 class Changes:
-    """What a batch changes: hostname -> (row, position), or None to delete; and which of
-    those hostnames had a row before it (upserted; the others are inserted)."""
+    """What a batch changes: hostname -> (row, position), or None to delete; which of those
+    hostnames had a row before it (upserted; the others are inserted); the bundles the
+    changed rows point at; and (key id, app) of bundles they stopped pointing at."""
 
-    rows: dict[str, tuple[Row, int] | None]
+    rows: dict[str, tuple[Host, int] | None]
     stored: set[str]
+    bundles: dict[str, Bundle]
+    released: set[tuple[str, str]]
 
 
 _NEW_KEYS = (CertAdded, CertUpdated)  # a tuple: isinstance runs per event of a batch
@@ -73,12 +91,13 @@ _NEW_KEYS = (CertAdded, CertUpdated)  # a tuple: isinstance runs per event of a 
 
 class RouterConfigProjection:
     name = "router_config"
-    tables = ("router_config",)
+    tables = ("router_config",)  # the view; the rows are in router_hosts and router_bundles
     event_types = APP_EVENT_TYPES
     reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
     # 2: a removed endpoint's hostnames are served by the endpoints its event names
-    # (`reassigned`); an older release would stop serving them, so it must not lead
-    version = 2
+    # (`reassigned`); an older release would stop serving them, so it must not lead.
+    # 3: chains and sealed keys stored once per certificate (router_bundles)
+    version = 3
 
     def __init__(self, master: MasterKey, router_public: bytes, kv: KeyValue | None) -> None:
         self.master = master
@@ -88,12 +107,12 @@ class RouterConfigProjection:
         self.states = AppStates()
         self._data_keys: dict[str, DataKey | None] = {}
         self._seals: dict[str, tuple[str | None, str]] = {}
-        # hostname -> (row, position) to publish, None to delete; encoded only when published
-        self._dirty: dict[str, tuple[Row, int] | None] = {}
+        # hostname -> (row, bundle, position) to publish, None to delete; encoded when published
+        self._dirty: dict[str, tuple[Host, Bundle, int] | None] = {}
         self._needs_reconcile = False
         self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
         # what the last prepared batch changed, until it is surely committed (see `prepare`)
-        self._overlay: dict[str, tuple[Row, int] | None] = {}
+        self._overlay: dict[str, tuple[Host, int] | None] = {}
 
     def reset(self) -> None:
         self.states.reset()
@@ -108,12 +127,18 @@ class RouterConfigProjection:
 
     def ddl(self, schema: str) -> list[str]:
         return [
-            f'create table "{schema}".router_config (hostname text primary key, app text not null,'
-            " endpoint text not null, endpoint_type text not null, chain_pem text not null,"
-            " fingerprint text not null, sealed_key text, tls_policy text not null,"
-            " problem text not null, position bigint not null) with (toast_tuple_target = 8160)",
-            f'create index on "{schema}".router_config (app)',
+            f'create table "{schema}".router_bundles (key_id text primary key,'
+            " chain_pem text not null, sealed_key text, problem text not null)"
+            " with (toast_tuple_target = 8160)",
+            f'create table "{schema}".router_hosts (hostname text primary key, app text not null,'
+            " endpoint text not null, endpoint_type text not null, fingerprint text not null,"
+            " tls_policy text not null, key_id text not null, position bigint not null)",
+            f'create index on "{schema}".router_hosts (app)',
         ]
+
+    def views(self, schema: str) -> dict[str, str]:
+        """The stable view's query (see `store.point_views`)."""
+        return {"router_config": _JOINED.format(schema=schema)}
 
     async def _data_key(self, conn: asyncpg.Connection, key_id: str) -> DataKey | None:
         if key_id not in self._data_keys:
@@ -147,10 +172,9 @@ class RouterConfigProjection:
                 DataKey.unwrap(key_id, wrapped, self.master) if wrapped else None
             )
 
-    async def _row(self, conn: asyncpg.Connection, app: str, host: str, e: EndpointState) -> Row:
+    async def _bundle(self, conn: asyncpg.Connection, e: EndpointState) -> Bundle:
         sealed, problem = await self._sealed(conn, e)
-        return (app, e.name, e.endpoint_type.value, e.chain_pem, e.certificate.fingerprint_sha256,
-                sealed, "modern", problem)  # fmt: skip
+        return e.chain_pem, sealed, problem
 
     async def _sealed(self, conn: asyncpg.Connection, e: EndpointState) -> tuple[str | None, str]:
         """The key sealed for routers (once per certificate, shared by its hostnames)."""
@@ -187,12 +211,11 @@ class RouterConfigProjection:
         Reads the rows its hostnames have now; during a rebuild the batch before may still be
         being written (see the runner), so what that batch changed is laid over them.
         """
-        table = f'"{schema}".router_config'
-        rows: dict[str, tuple[Row, int] | None] = {}  # hostname -> (row, position) or deleted
+        rows: dict[str, tuple[Host, int] | None] = {}  # hostname -> (row, position) or deleted
         changed: set[str] = set()
         if not events:
             self._overlay = {}
-            return Changes({}, set())
+            return Changes({}, set(), {}, set())
         await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
@@ -202,16 +225,18 @@ class RouterConfigProjection:
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
         hosts = sorted({host for _, host, _, _ in steps})
         for r in await conn.fetch(
-            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-            f" sealed_key, tls_policy, problem, position from {table} where hostname = any($1)",
+            f"select hostname, app, endpoint, endpoint_type, fingerprint, tls_policy, key_id,"
+            f' position from "{schema}".router_hosts where hostname = any($1)',
             hosts,
         ):
-            rows[r[0]] = (tuple(r[1:9]), r[9])
+            rows[r[0]] = (tuple(r[1:7]), r[7])
         for host in hosts:
             if host in self._overlay:
                 rows[host] = self._overlay[host]
         rows = {h: v for h, v in rows.items() if v is not None}
         stored = set(rows)  # hostnames with a row then: the others are inserted, not upserted
+        stored_rows = dict(rows)
+        bundles: dict[str, Bundle] = {}
         for app, host, endpoint, position in steps:
             current = rows.get(host)
             if endpoint is None:
@@ -219,22 +244,43 @@ class RouterConfigProjection:
                     rows[host] = None
                     changed.add(host)
                 continue
-            row = await self._row(conn, app, host, endpoint)
+            row = (app, endpoint.name, endpoint.endpoint_type.value,
+                   endpoint.certificate.fingerprint_sha256, "modern", endpoint.key_id)  # fmt: skip
+            if endpoint.key_id not in bundles:
+                bundles[endpoint.key_id] = await self._bundle(conn, endpoint)
             if current is None or current[0] != row:
                 rows[host] = (row, position)
                 changed.add(host)
         self._overlay = {h: rows[h] for h in changed}
-        return Changes({h: rows[h] for h in changed}, stored)
+        changes = {h: rows[h] for h in changed}
+        kept = {v[0][5] for v in changes.values() if v is not None}
+        released = {(v[0][5], v[0][0]) for h in changed if (v := stored_rows.get(h)) is not None}
+        return Changes(
+            changes,
+            stored,
+            {k: b for k, b in bundles.items() if k in kept},
+            {(key, app) for key, app in released if key not in kept},
+        )
 
     async def write(
         self, conn: asyncpg.Connection, schema: str, changes: Changes, through: int
     ) -> None:
         """Write what `prepare` folded (inside the runner's transaction)."""
-        table = f'"{schema}".router_config'
+        hosts_table = f'"{schema}".router_hosts'
+        bundles_table = f'"{schema}".router_bundles'
         self._applied_to = through
+        if changes.bundles:  # the few per batch, as arrays; a bundle already there stays
+            await conn.execute(
+                f"insert into {bundles_table} select * from unnest($1::text[], $2::text[],"
+                " $3::text[], $4::text[]) on conflict (key_id) do nothing",
+                *[
+                    list(column)
+                    for column in zip(*((k, *b) for k, b in changes.bundles.items()), strict=True)
+                ],
+            )
         deleted = [h for h, v in changes.rows.items() if v is None]
         if deleted:
-            await conn.execute(f"delete from {table} where hostname = any($1)", deleted)
+            await conn.execute(f"delete from {hosts_table} where hostname = any($1)", deleted)
         written = [(h, *v[0], v[1]) for h, v in changes.rows.items() if v is not None]
         # New hostnames (all of them in a rebuild, most when apps are added) go by binary
         # COPY: asyncpg encodes an array parameter element by element in Python, and the
@@ -242,37 +288,47 @@ class RouterConfigProjection:
         fresh = [r for r in written if r[0] not in changes.stored]
         if fresh:
             await conn.copy_records_to_table(
-                "router_config", schema_name=schema, records=fresh, columns=_COLUMNS
+                "router_hosts", schema_name=schema, records=fresh, columns=_HOST_COLUMNS
             )
         upserts = [r for r in written if r[0] in changes.stored]
         if upserts:
             await conn.execute(  # one statement per batch: one array per column
-                f"insert into {table} (hostname, app, endpoint, endpoint_type, chain_pem, fingerprint,"
-                " sealed_key, tls_policy, problem, position) select * from unnest($1::text[],"
-                " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-                " $9::text[], $10::bigint[])"
+                f"insert into {hosts_table} (hostname, app, endpoint, endpoint_type, fingerprint,"
+                " tls_policy, key_id, position) select * from unnest($1::text[], $2::text[],"
+                " $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])"
                 " on conflict (hostname) do update set app = excluded.app, endpoint = excluded.endpoint,"
-                " endpoint_type = excluded.endpoint_type, chain_pem = excluded.chain_pem,"
-                " fingerprint = excluded.fingerprint, sealed_key = excluded.sealed_key,"
-                " tls_policy = excluded.tls_policy, problem = excluded.problem,"
+                " endpoint_type = excluded.endpoint_type, fingerprint = excluded.fingerprint,"
+                " tls_policy = excluded.tls_policy, key_id = excluded.key_id,"
                 " position = excluded.position",
                 *[list(column) for column in zip(*upserts, strict=True)],
             )
-        self._dirty.update(changes.rows)
+        if changes.released:  # bundles no row points at any more go with their last row
+            keys, apps = zip(*sorted(changes.released), strict=True)
+            await conn.execute(
+                f"delete from {bundles_table} b using unnest($1::text[], $2::text[]) r(key_id, app)"
+                f" where b.key_id = r.key_id and not exists (select from {hosts_table} h"
+                "  where h.app = r.app and h.key_id = r.key_id)",  # an app's own certificates
+                list(keys),
+                list(apps),
+            )
+        self._dirty.update(
+            (h, None if v is None else (v[0], changes.bundles[v[0][5]], v[1]))
+            for h, v in changes.rows.items()
+        )
 
     async def _entries(
         self, conn: asyncpg.Connection, schema: str, hosts: list[str] | None
     ) -> dict[str, bytes]:
-        query = (
-            f"select hostname, app, endpoint, endpoint_type, chain_pem, fingerprint, sealed_key::text,"
-            f' tls_policy, problem, position from "{schema}".router_config'
-        )
+        query = _JOINED.format(schema=schema)
         rows = await (
-            conn.fetch(query + " where hostname = any($1)", hosts)
+            conn.fetch(query + " where h.hostname = any($1)", hosts)
             if hosts is not None
             else conn.fetch(query)
         )
-        return {r[0]: _entry(r[0], tuple(r[1:9]), r[9]) for r in rows}
+        return {
+            r[0]: _entry(r[0], (r[1], r[2], r[3], r[5], r[7], ""), (r[4], r[6], r[8]), r[9])
+            for r in rows
+        }
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         if self.kv is None:

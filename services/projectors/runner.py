@@ -42,6 +42,7 @@ log = logging.getLogger("certplane.projector")
 RETRY_SCHEDULE_S = (0.05, 0.25, 1.0)  # then it is a dead letter
 REBUILD_BATCH = 5000  # a rebuild reads ahead of nobody: larger batches, fewer commits
 REBUILD_REPORT_S = 1.0  # how often a rebuild's progress is written to projector_status
+UPGRADE_RETRY_S = 30.0  # a failed rebuild of rows an older version built is tried again
 CHANNEL = "certplane_events"
 
 
@@ -210,19 +211,25 @@ class ProjectorRunner:
             raise OlderCode(detail)  # leaving the session releases the lock
         self.state = State.RUNNING
         log.info("%s: leading (instance %s)", self.name, self.instance)
-        if built < self.version:
+        # Rows an older version built may have other tables too: this code neither points
+        # views at them nor writes or reconciles them; it rebuilds, and they serve meanwhile.
+        outdated = built < self.version
+        if outdated:
             log.warning(
                 "%s: the live rows were built by version %d of this projection, this is version"
                 " %d: rebuilding them from position 0 (the current rows serve until the swap)",
                 self.name, built, self.version,
             )  # fmt: skip
             self._rebuild.set()
-        schema = await store.ensure_tables(conn, self.projection, generation)
-        async with conn.transaction():
-            await store.point_views(conn, self.projection, generation)
+            schema = store.generation_schema(self.name, generation)
+        else:
+            schema = await store.ensure_tables(conn, self.projection, generation)
+            async with conn.transaction():
+                await store.point_views(conn, self.projection, generation)
         await conn.add_listener(CHANNEL, self._notified)
         self.position = await store.checkpoint(conn, self.name)
-        await self.projection.reconcile(conn, schema)
+        if not outdated:
+            await self.projection.reconcile(conn, schema)
         last_reconcile = last_status = time.monotonic()
         observe = getattr(self.projection, "observe", None) if metrics_enabled() else None
         observe_every, last_observe = metrics_interval(), 0.0
@@ -233,6 +240,11 @@ class ProjectorRunner:
             if self._rebuild.is_set():
                 self._rebuild.clear()
                 schema = await self._rebuild_generation(conn, schema)
+                if outdated and await store.built_version(conn, self.name) < self.version:
+                    with contextlib.suppress(TimeoutError):  # it said why in its status
+                        await asyncio.wait_for(stop.wait(), UPGRADE_RETRY_S)
+                    self._rebuild.set()
+                outdated = await store.built_version(conn, self.name) < self.version
                 continue
             caught_up = await self._step(conn, schema, stop)
             now = time.monotonic()

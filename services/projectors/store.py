@@ -48,10 +48,14 @@ async def point_views(conn: asyncpg.Connection, projection: Projection, generati
     """Make `<name>.<table>` read from the generation (run inside the swap's transaction)."""
     schema = generation_schema(projection.name, generation)
     await conn.execute(f'create schema if not exists "{projection.name}"')
-    for table in projection.tables:
-        await conn.execute(
-            f'create or replace view "{projection.name}"."{table}" as select * from "{schema}"."{table}"'
-        )
+    views = getattr(projection, "views", None)
+    queries = (
+        views(schema)
+        if views is not None
+        else {table: f'select * from "{schema}"."{table}"' for table in projection.tables}
+    )
+    for view, query in queries.items():
+        await conn.execute(f'create or replace view "{projection.name}"."{view}" as {query}')
 
 
 async def checkpoint(conn: asyncpg.Connection, name: str) -> int:

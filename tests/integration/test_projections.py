@@ -396,6 +396,54 @@ async def test_router_config_follows_add_update_remove_and_seals_keys_for_router
     await nc.close()
 
 
+async def test_a_certificate_is_stored_once_for_its_hostnames_and_goes_with_the_last(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """router_config keeps one chain and sealed key per certificate however many hostnames
+    it serves, and deletes them when no hostname is served with them any more: a sealed key
+    must not outlive its certificate's removal or update."""
+    hosts = ("www.example.com", "api.example.com", "cdn.example.com")
+    await cp.command(CreateApp(app="shop"))
+    for host in hosts:
+        await cp.command(AddDomain(app="shop", hostname=host))
+    wild = ca.leaf("*.example.com")
+    added = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+    conn = await asyncpg.connect(db_url)
+
+    async def stored(position: int) -> tuple[list[str], dict[str, str]]:
+        await projected(cp, position)
+        schema = await conn.fetchval(
+            "select 'router_config_g' || generation from projector_checkpoints"
+            " where name = 'router_config'"
+        )
+        bundles = await conn.fetch(f'select key_id, chain_pem from "{schema}".router_bundles')
+        rows = await conn.fetch("select hostname, chain_pem from router_config.router_config")
+        return [b[1] for b in bundles], {r[0]: r[1] for r in rows}
+
+    try:
+        chains, served = await stored(added.position)
+        assert chains == [served["www.example.com"]] and set(served) == set(hosts)
+        assert chains[0].startswith(wild.cert_pem.decode())
+        removed = await cp.command(RemoveDomain(app="shop", hostname="cdn.example.com"))
+        chains, served = await stored(removed.position)
+        assert len(chains) == 1 and set(served) == set(hosts[:2])  # still serving two
+        newer = ca.leaf("*.example.com")
+        updated = await update_cert(
+            cp, "shop", [newer.cert_pem, ca.intermediate.cert_pem], newer.key_pem
+        )
+        chains, served = await stored(updated.position)
+        assert len(chains) == 1 and chains[0].startswith(newer.cert_pem.decode())
+        assert set(served.values()) == {chains[0]}
+        gone = await cp.command(RemoveCert(app="shop"))
+        assert await stored(gone.position) == ([], {})
+        again = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+        assert len((await stored(again.position))[0]) == 1
+        destroyed = await cp.command(DestroyApp(app="shop"))
+        assert await stored(destroyed.position) == ([], {})
+    finally:
+        await conn.close()
+
+
 async def two_covering_certificates(cp, ca, *names: str):  # type: ignore[no-untyped-def]
     """shop's *.example.com certificate, then a newer one for `names`: (wildcard leaf,
     (older endpoint, newer endpoint))."""
@@ -690,6 +738,93 @@ async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_
         again = runner(2)
         await run_until(again, lambda: _true(again.position == head))
         assert await checkpoint() == (2, 2, head)  # the same version leads without a rebuild
+    finally:
+        await conn.close()
+
+
+class Positions:
+    """A projection of the positions it saw, whose version 2 keeps them in another table."""
+
+    name = "shaped"
+    tables = ("seen",)
+    event_types = None
+
+    def __init__(self, version: int, fail_once: bool = False) -> None:
+        self.version, self.fail_once = version, fail_once
+
+    def ddl(self, schema: str) -> list[str]:
+        table = "seen (position bigint)" if self.version == 1 else "positions (p bigint)"
+        return [f'create table "{schema}".{table}']
+
+    def views(self, schema: str) -> dict[str, str]:
+        if self.version == 1:
+            return {"seen": f'select * from "{schema}".seen'}
+        return {"seen": f'select p as position from "{schema}".positions'}
+
+    async def apply(self, conn, schema, events, through) -> None:  # type: ignore[no-untyped-def]
+        if self.fail_once:
+            self.fail_once = False
+            raise RuntimeError("a bug in version 2, fixed by retrying")
+        table = "seen" if self.version == 1 else "positions"
+        await conn.executemany(
+            f'insert into "{schema}".{table} values ($1)', [(e.position,) for e in events]
+        )
+
+    async def after_commit(self, conn, schema) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def reconcile(self, conn, schema) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+async def test_an_upgrade_to_other_tables_rebuilds_before_touching_the_old_ones(
+    cp, gateway, ca, db_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 2 of a projection keeps its rows in tables version 1 never had: the leader
+    must not point the views at, write or reconcile the old generation with the new code;
+    it rebuilds (again after a failure), while the old rows serve."""
+    from services.projectors import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "UPGRADE_RETRY_S", 0.2)
+    head = await busy_history(cp, ca)
+    conn = await asyncpg.connect(db_url)
+
+    async def run_until(projection: Positions, check) -> None:  # type: ignore[no-untyped-def]
+        stop = asyncio.Event()
+        r = ProjectorRunner(projection, db_url, poll_interval=0.1, rebuild_batch=50)
+        task = asyncio.create_task(r.run(stop))
+        try:
+            for _ in range(300):
+                if task.done():
+                    task.result()  # a crash says why
+                if await check():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("timed out")
+        finally:
+            stop.set()
+            await task
+
+    async def state() -> tuple[int, int, int, list[int]]:
+        row = await conn.fetchrow(
+            "select generation, version, position from projector_checkpoints where name = 'shaped'"
+        )
+        if row is None or not await conn.fetchval("select to_regclass('shaped.seen')"):
+            return (0, 0, 0, [])
+        seen = [r[0] for r in await conn.fetch("select position from shaped.seen order by 1")]
+        return (*row, seen)  # type: ignore[return-value]
+
+    everything = list(range(1, head + 1))
+    try:
+        await run_until(Positions(1), lambda: _equal(state(), (1, 1, head, everything)))
+        upgrade = Positions(2, fail_once=True)
+        await run_until(upgrade, lambda: _equal(state(), (2, 2, head, everything)))
+        assert not upgrade.fail_once  # the first attempt failed, the old rows served meanwhile
+        assert await conn.fetchval("select count(*) from shaped_g2.positions") == head
+        assert not await conn.fetchval("select 1 from pg_namespace where nspname = 'shaped_g1'")
     finally:
         await conn.close()
 
