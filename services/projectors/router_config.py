@@ -224,10 +224,11 @@ class RouterConfigProjection:
                 steps.append((app, host, after.endpoint_for(host), event.position))
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
         hosts = sorted({host for _, host, _, _ in steps})
-        for r in await conn.fetch(
+        for r in await conn.fetch(  # one string, not an array of thousands to encode
             f"select hostname, app, endpoint, endpoint_type, fingerprint, tls_policy, key_id,"
-            f' position from "{schema}".router_hosts where hostname = any($1)',
-            hosts,
+            f' position from "{schema}".router_hosts'
+            " where hostname = any(string_to_array($1, E'\\n'))",
+            "\n".join(hosts),
         ):
             rows[r[0]] = (tuple(r[1:7]), r[7])
         for host in hosts:
