@@ -28,8 +28,10 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from events.domain import DnsVerified
 from events.endpoint import CertAdded, CertUpdated, EndpointType
 from events.router import ConfigCheckpoint, RouterConfigEntry, RouterKeySeal
+from events.union import tag_of
 from services.domain.app import EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, RouterSealer
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
@@ -92,7 +94,9 @@ _NEW_KEYS = (CertAdded, CertUpdated)  # a tuple: isinstance runs per event of a 
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)  # the view; the rows are in router_hosts and router_bundles
-    event_types = APP_EVENT_TYPES
+    # Routers serve a domain's certificate whether or not its DNS points here yet (as Heroku
+    # does), so verification results are neither read nor folded (a property test holds it).
+    event_types = APP_EVENT_TYPES - {tag_of(DnsVerified)}
     reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
     # 2: a removed endpoint's hostnames are served by the endpoints its event names
     # (`reassigned`); an older release would stop serving them, so it must not lead.
