@@ -444,6 +444,50 @@ async def test_a_certificate_is_stored_once_for_its_hostnames_and_goes_with_the_
         await conn.close()
 
 
+async def test_a_certificate_whose_data_key_is_gone_is_served_without_a_key_and_says_why(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """If a served certificate's data key is missing (lost with a restored database, say), a
+    rebuild cannot seal its key: routers get the entry without one and the reason, not a
+    crash, not a stale key."""
+    await cp.command(CreateApp(app="shop"))
+    for host in ("www.example.com", "api.example.com"):
+        await cp.command(AddDomain(app="shop", hostname=host))
+    wild = ca.leaf("*.example.com")
+    added = await add_cert(cp, "shop", [wild.cert_pem, ca.intermediate.cert_pem], wild.key_pem)
+    before = await router_entries(cp, settings, added.position, "www.example.com")
+    assert before["www.example.com"].key is not None
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("delete from data_keys")
+    finally:
+        await conn.close()
+    reply = QUERY_REPLY_DECODER.decode(
+        await cp.raw_request(Subjects(settings.prefix).rebuild("router_config"))
+    )
+    assert isinstance(reply, RebuildStarted)
+    for _ in range(300):
+        if (await generations(db_url)).get("router_config") == 2:
+            break
+        await asyncio.sleep(0.05)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(settings.router_bucket)
+        for _ in range(300):  # published by the reconcile after the swap
+            entries = [
+                msgspec.json.decode((await kv.get(kv_key(h))).value, type=RouterConfigEntry)
+                for h in ("www.example.com", "api.example.com")
+            ]
+            if all(e.key is None for e in entries):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert [e.key for e in entries] == [None, None]
+    assert all("private key was destroyed" in e.problem for e in entries)
+    assert all(e.chain_pem.startswith(wild.cert_pem.decode()) for e in entries)
+
+
 async def two_covering_certificates(cp, ca, *names: str):  # type: ignore[no-untyped-def]
     """shop's *.example.com certificate, then a newer one for `names`: (wildcard leaf,
     (older endpoint, newer endpoint))."""
