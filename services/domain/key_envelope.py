@@ -13,6 +13,7 @@ The master key never reaches the database; the gateway's transport key is derive
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -60,6 +61,11 @@ class MasterKey:
 
     def to_text(self) -> str:
         return base64.b64encode(self.secret).decode()
+
+    @functools.cached_property
+    def aead(self) -> AESGCM:
+        """AES-GCM under the master key, built once: a rebuild unwraps every data key."""
+        return AESGCM(self.secret)
 
     @property
     def key_id(self) -> str:
@@ -137,12 +143,12 @@ class DataKey:
         """nonce ‖ AES-GCM(master, data key), bound to the key id."""
         nonce = os.urandom(12)
         aad = _WRAP_AAD + self.key_id.encode()
-        return nonce + AESGCM(master.secret).encrypt(nonce, self.secret, aad)
+        return nonce + master.aead.encrypt(nonce, self.secret, aad)
 
     @classmethod
     def unwrap(cls, key_id: str, wrapped: bytes, master: MasterKey) -> DataKey:
         aad = _WRAP_AAD + key_id.encode()
-        return cls(key_id, AESGCM(master.secret).decrypt(wrapped[:12], wrapped[12:], aad))
+        return cls(key_id, master.aead.decrypt(wrapped[:12], wrapped[12:], aad))
 
     def encrypt(self, private_key: bytes) -> EncryptedKey:
         nonce = os.urandom(12)
@@ -193,8 +199,8 @@ class RouterSealer:
 
     def seal(self, private_key: bytes, *, key_id: str, derivation_secret: bytes) -> RouterKeySeal:
         """`derivation_secret`: the certificate's data key, which keys the nonce's HMAC."""
-        digest = hmac.new(derivation_secret, key_id.encode() + b"\0" + private_key, "sha256")
-        nonce = digest.digest()[:12]
+        message = key_id.encode() + b"\0" + private_key
+        nonce = hmac.digest(derivation_secret, message, "sha256")[:12]  # one-shot: C all through
         return RouterKeySeal(
             router_key_id=self.router_key_id,
             key_id=key_id,
