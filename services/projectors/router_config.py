@@ -128,6 +128,7 @@ class RouterConfigProjection:
         self._seals: dict[str, tuple[str | None, str]] = {}
         # hostname -> (row, bundle, position) to publish, None to delete; encoded when published
         self._dirty: dict[str, tuple[Host, Bundle, int] | None] = {}
+        self._rebuilding = False  # from the first `forget_publications` to `reset`
         self._needs_reconcile = False
         self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
         # what the last prepared batch changed, until it is surely committed (see `prepare`)
@@ -136,6 +137,7 @@ class RouterConfigProjection:
     def reset(self) -> None:
         self.states.reset()
         self._dirty.clear()
+        self._rebuilding = False
         self._overlay.clear()
         self._data_keys.clear()  # a key shredded since must not be served from memory
         self._seals.clear()
@@ -143,6 +145,7 @@ class RouterConfigProjection:
     def forget_publications(self) -> None:
         """During a rebuild: nothing is published until the swap (then `reconcile` is)."""
         self._dirty.clear()
+        self._rebuilding = True  # (the runner resets after the swap or a failure)
 
     def ddl(self, schema: str) -> list[str]:
         return [
@@ -332,6 +335,8 @@ class RouterConfigProjection:
                 list(keys),
                 list(apps),
             )
+        if self._rebuilding:
+            return  # reconcile sends the differences after the swap
         self._dirty.update(
             (h, None if v is None else (v[0], changes.bundles[v[0][5]], v[1]))
             for h, v in changes.rows.items()
