@@ -735,19 +735,6 @@ async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_
         projection.version = version  # type: ignore[misc]
         return ProjectorRunner(projection, db_url, poll_interval=0.1, instance=f"v{version}")
 
-    async def run_until(r: ProjectorRunner, check) -> None:  # type: ignore[no-untyped-def]
-        stop = asyncio.Event()
-        task = asyncio.create_task(r.run(stop))
-        try:
-            for _ in range(300):
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError("timed out")
-        finally:
-            stop.set()
-            await task
-
     async def checkpoint() -> tuple[int, int, int]:
         row = await conn.fetchrow(
             "select generation, version, position from projector_checkpoints where name = $1",
@@ -836,21 +823,8 @@ async def test_an_upgrade_to_other_tables_rebuilds_before_touching_the_old_ones(
     head = await busy_history(cp, ca)
     conn = await asyncpg.connect(db_url)
 
-    async def run_until(projection: Positions, check) -> None:  # type: ignore[no-untyped-def]
-        stop = asyncio.Event()
-        r = ProjectorRunner(projection, db_url, poll_interval=0.1, rebuild_batch=50)
-        task = asyncio.create_task(r.run(stop))
-        try:
-            for _ in range(300):
-                if task.done():
-                    task.result()  # a crash says why
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-            raise AssertionError("timed out")
-        finally:
-            stop.set()
-            await task
+    def shaped(projection: Positions) -> ProjectorRunner:
+        return ProjectorRunner(projection, db_url, poll_interval=0.1, rebuild_batch=50)
 
     async def state() -> tuple[int, int, int, list[int]]:
         row = await conn.fetchrow(
@@ -863,14 +837,31 @@ async def test_an_upgrade_to_other_tables_rebuilds_before_touching_the_old_ones(
 
     everything = list(range(1, head + 1))
     try:
-        await run_until(Positions(1), lambda: _equal(state(), (1, 1, head, everything)))
+        await run_until(shaped(Positions(1)), lambda: _equal(state(), (1, 1, head, everything)))
         upgrade = Positions(2, fail_once=True)
-        await run_until(upgrade, lambda: _equal(state(), (2, 2, head, everything)))
+        await run_until(shaped(upgrade), lambda: _equal(state(), (2, 2, head, everything)))
         assert not upgrade.fail_once  # the first attempt failed, the old rows served meanwhile
         assert await conn.fetchval("select count(*) from shaped_g2.positions") == head
         assert not await conn.fetchval("select 1 from pg_namespace where nspname = 'shaped_g1'")
     finally:
         await conn.close()
+
+
+async def run_until(r: ProjectorRunner, check) -> None:  # type: ignore[no-untyped-def]
+    """Run `r` until `check()` holds (a runner that crashes says why); then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    try:
+        for _ in range(300):
+            if task.done():
+                task.result()
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("timed out")
+    finally:
+        stop.set()
+        await task
 
 
 async def _true_async(awaitable, predicate) -> bool:  # type: ignore[no-untyped-def]
