@@ -86,9 +86,10 @@ class AppState(msgspec.Struct, frozen=True):
         return sorted(h for h, d in self.domains.items() if d.endpoint == endpoint)
 
     def legacy(self) -> EndpointState | None:
-        return next(
-            (e for e in self.endpoints.values() if e.endpoint_type is EndpointType.ENDPOINT), None
-        )
+        for e in self.endpoints.values():  # a loop, not next(genexpr): runs per domain event
+            if e.endpoint_type is EndpointType.ENDPOINT:
+                return e
+        return None
 
     def endpoint_for(self, host: str) -> EndpointState | None:
         """The endpoint routers serve `host` with (see `serving`), if any."""

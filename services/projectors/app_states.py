@@ -23,12 +23,7 @@ APP_EVENT_TYPES = frozenset(tag_of(t) for t in get_args(AppEvent))
 
 
 _APP_PREFIX = f"{APP}-"
-
-
-def app_of(event: StoredEvent) -> str | None:
-    """The app an event of an app stream belongs to (per event of a rebuild: kept cheap)."""
-    stream = event.stream_id
-    return stream[len(_APP_PREFIX) :] if stream.startswith(_APP_PREFIX) else None
+_APP_PREFIX_LENGTH = len(_APP_PREFIX)
 
 
 class AppStates:
@@ -79,9 +74,10 @@ class AppStates:
         states: dict[str, AppState] = {}
         steps = []
         for event in events:
-            app = app_of(event)
-            if app is None:
+            stream = event.stream_id  # per event of a rebuild: kept cheap
+            if not stream.startswith(_APP_PREFIX):
                 continue
+            app = stream[_APP_PREFIX_LENGTH:]
             if app not in states:
                 states[app] = await self.get(conn, app, first - 1, event.version)
             before = states[app]

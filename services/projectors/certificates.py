@@ -46,7 +46,7 @@ class CertificatesProjection:
     name = "certificates"
     tables = ("apps", "domains", "endpoints")
     event_types = APP_EVENT_TYPES
-    reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
+    envelope = frozenset({"recorded_at"})  # when; who and why are the audit's
     # 2: a legacy SSL Endpoint's row lists the domains it serves (those no SNI endpoint
     # claims), not only those assigned to it by name
     # 3: a removed endpoint's domains move to the endpoints its event names (`reassigned`);

@@ -20,7 +20,7 @@ class DnsTargetsProjection:
     name = "dns_targets"
     tables = ("dns_targets",)
     event_types = frozenset(tag_of(t) for t in (DomainAdded, DomainRemoved, AppDestroyed))
-    reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
+    envelope = frozenset({"event_id"})  # its names' seed; the rest is the audit's
 
     def __init__(self, zone: str) -> None:
         self.zone = zone

@@ -26,12 +26,12 @@ class BatchReader:
         limit: int,
         types: frozenset[str] | None,
         *,
-        metadata: bool = True,
+        envelope: frozenset[str] | None = None,
     ) -> None:
         self.conn = conn
         self.limit = limit
         self.types = types
-        self.metadata = metadata
+        self.envelope = envelope
         self._ahead: tuple[int, asyncio.Future[list[asyncpg.Record]]] | None = None
 
     async def after(self, position: int) -> list[asyncpg.Record]:
@@ -45,13 +45,13 @@ class BatchReader:
             if start == position:
                 rows = ahead
         if rows is None:
-            rows = await store.read_after(self.conn, position, limit, self.types, self.metadata)
+            rows = await store.read_after(self.conn, position, limit, self.types, self.envelope)
         if len(rows) == limit:
             last = rows[-1][0]
             self._ahead = (
                 last,
                 asyncio.ensure_future(
-                    store.read_after(self.conn, last, limit, self.types, self.metadata)
+                    store.read_after(self.conn, last, limit, self.types, self.envelope)
                 ),
             )
         return rows

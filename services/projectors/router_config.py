@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from events.domain import DnsVerified
-from events.endpoint import CertAdded, CertUpdated, EndpointType
+from events.endpoint import EndpointType
 from events.router import ConfigCheckpoint, RouterConfigEntry, RouterKeySeal
 from events.union import tag_of
 from services.domain.app import EndpointState, hosts_changed
@@ -103,16 +103,13 @@ class Changes:
     released: set[tuple[str, str]]
 
 
-_NEW_KEYS = (CertAdded, CertUpdated)  # a tuple: isinstance runs per event of a batch
-
-
 class RouterConfigProjection:
     name = "router_config"
     tables = ("router_config",)  # the view; the rows are in router_hosts and router_bundles
     # Routers serve a domain's certificate whether or not its DNS points here yet (as Heroku
     # does), so verification results are neither read nor folded (a property test holds it).
     event_types = APP_EVENT_TYPES - {tag_of(DnsVerified)}
-    reads_metadata = False  # who and why: the audit's; not reading it speeds a rebuild
+    envelope: frozenset[str] = frozenset()  # who, why, when: the audit's
     # 2: a removed endpoint's hostnames are served by the endpoints its event names
     # (`reassigned`); an older release would stop serving them, so it must not lead.
     # 3: chains and sealed keys stored once per certificate (router_bundles)
@@ -173,13 +170,13 @@ class RouterConfigProjection:
         return self._data_keys[key_id]
 
     async def _prefetch_data_keys(
-        self, conn: asyncpg.Connection, events: list[StoredEvent]
+        self, conn: asyncpg.Connection, endpoints: list[EndpointState]
     ) -> None:
-        """One query for the data keys of every certificate in the batch."""
+        """One query for the data keys of the certificates a batch seals."""
         wanted = {
-            e.event.key.key_id
-            for e in events
-            if isinstance(e.event, _NEW_KEYS) and e.event.key.key_id not in self._data_keys
+            e.key_id
+            for e in endpoints
+            if e.key_id not in self._seals and e.key_id not in self._data_keys
         }
         if not wanted:
             return
@@ -238,7 +235,6 @@ class RouterConfigProjection:
         if not events:
             self._overlay = {}
             return Changes({}, set(), {}, set())
-        await self._prefetch_data_keys(conn, events)
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
         for app, before, after, event in await self.states.transitions(conn, events):
@@ -259,7 +255,7 @@ class RouterConfigProjection:
         rows = {h: v for h, v in rows.items() if v is not None}
         stored = set(rows)  # hostnames with a row then: the others are inserted, not upserted
         stored_rows = dict(rows)
-        bundles: dict[str, Bundle] = {}
+        serving: dict[str, EndpointState] = {}  # key id -> an endpoint with its certificate
         for app, host, endpoint, position in steps:
             current = rows.get(host)
             if endpoint is None:
@@ -269,19 +265,21 @@ class RouterConfigProjection:
                 continue
             row = (app, endpoint.name, endpoint.endpoint_type.value,
                    endpoint.certificate.fingerprint_sha256, "modern", endpoint.key_id)  # fmt: skip
-            if endpoint.key_id not in bundles:
-                bundles[endpoint.key_id] = await self._bundle(conn, endpoint)
+            if endpoint.key_id not in serving:
+                serving[endpoint.key_id] = endpoint
             if current is None or current[0] != row:
                 rows[host] = (row, position)
                 changed.add(host)
         self._overlay = {h: rows[h] for h in changed}
         changes = {h: rows[h] for h in changed}
         kept = {v[0][5] for v in changes.values() if v is not None}
+        await self._prefetch_data_keys(conn, [serving[k] for k in kept])
+        bundles = {k: await self._bundle(conn, serving[k]) for k in kept}
         released = {(v[0][5], v[0][0]) for h in changed if (v := stored_rows.get(h)) is not None}
         return Changes(
             changes,
             stored,
-            {k: b for k, b in bundles.items() if k in kept},
+            bundles,
             {(key, app) for key, app in released if key not in kept},
         )
 

@@ -107,8 +107,9 @@ class ProjectorRunner:
         self._metrics.set_state(state.value)
 
     @property
-    def _metadata(self) -> bool:
-        return getattr(self.projection, "reads_metadata", True)
+    def _envelope(self) -> frozenset[str] | None:
+        """The envelope fields the projection reads (None: all of them)."""
+        return getattr(self.projection, "envelope", None)
 
     @property
     def name(self) -> str:
@@ -178,7 +179,7 @@ class ProjectorRunner:
             reader = await self._connect("reader")
             try:
                 self._reader = BatchReader(
-                    reader, self.batch_size, self.projection.event_types, metadata=self._metadata
+                    reader, self.batch_size, self.projection.event_types, envelope=self._envelope
                 )
                 await self._lead(conn, stop)
             finally:
@@ -349,7 +350,7 @@ class ProjectorRunner:
         head, reported = await store.head(conn), started
         await self._reader.discard()
         types = self.projection.event_types
-        reader = BatchReader(self._reader.conn, self.rebuild_batch, types, metadata=self._metadata)
+        reader = BatchReader(self._reader.conn, self.rebuild_batch, types, envelope=self._envelope)
         # What a batch would publish is dropped: reconcile sends the differences after the swap,
         # and keeping it would grow with every hostname of the log.
         forget = getattr(self.projection, "forget_publications", None)

@@ -687,35 +687,47 @@ async def test_the_audit_log_keeps_each_event_s_time_to_the_microsecond(
     assert any(logged.microsecond for logged, _ in pairs)  # sub-second parts were compared
 
 
-async def test_projections_that_never_read_metadata_are_not_sent_it(cp, db_url) -> None:
+async def test_projections_are_sent_only_the_envelope_fields_they_read(cp, db_url) -> None:
     import inspect
 
     from services.projectors import certificates, dns_targets, router_config, store
     from services.projectors.app_states import APP_EVENT_TYPES
-    from services.storage.event_log import NO_METADATA
+    from services.storage.event_log import ENVELOPE_COLUMNS, NO_METADATA, UNREAD_AT
 
     await cp.command(CreateApp(app="meta"))
     reply = await cp.command(AddDomain(app="meta", hostname="www.meta.test"))
     conn = await asyncpg.connect(db_url)
     try:
         full = await store.read_after(conn, 0, 10, APP_EVENT_TYPES)
-        bare = await store.read_after(conn, 0, 10, APP_EVENT_TYPES, metadata=False)
+        bare = await store.read_after(conn, 0, 10, APP_EVENT_TYPES, frozenset())
+        when = await store.read_after(conn, 0, 10, None, frozenset({"recorded_at"}))
     finally:
         await conn.close()
     assert [r[0] for r in bare] == [r[0] for r in full] == list(range(1, reply.position + 1))
-    assert all(r[9] is None for r in bare) and all(r[9] is not None for r in full if r[8])
+    envelope = [3, 4, 5, 9, 10]  # event id, command id and index, metadata, recorded_at
+    assert all(r[i] is None for r in bare for i in envelope)
+    assert all(r[i] is not None for r in full if r[8] for i in envelope)
     assert [store.decode(r).event for r in bare if r[8]] == [
         store.decode(r).event for r in full if r[8]
     ]
-    assert all(store.decode(r).metadata == NO_METADATA for r in bare if r[8])
+    for e in (store.decode(r) for r in bare if r[8]):
+        assert (e.event_id, e.command_id, e.metadata, e.recorded_at) == (
+            "", "", NO_METADATA, UNREAD_AT
+        )  # fmt: skip
     # the hostname's claim is no app event: of it only the position comes, nothing to parse
     unwanted = [r for r in full if r[8] is None]
     assert unwanted and all(set(r[1:]) == {None} for r in unwanted)
     assert {store.decode(r).metadata.actor for r in full if r[8]} == {"test@certplane"}
-    # a projection that declares it never reads metadata must not read it: it would get blanks
-    for module in (certificates, dns_targets, router_config):
+    # without a type filter every row comes whole, but for the fields not read
+    assert len(when) == len(full) and all(r["data"] and r["recorded_at"] for r in when)
+    assert all(r["event_id"] is None and r["metadata"] is None for r in when)
+    # a projection reads no envelope field it does not declare: it would get blanks
+    for module, projection in ((certificates, certificates.CertificatesProjection),
+                               (dns_targets, dns_targets.DnsTargetsProjection),
+                               (router_config, router_config.RouterConfigProjection)):  # fmt: skip
         source = inspect.getsource(module)
-        assert "reads_metadata = False" in source and ".metadata" not in source, module
+        unread = set(ENVELOPE_COLUMNS) - projection.envelope
+        assert unread and not [f for f in unread if f".{f}" in source], module
 
 
 async def test_a_new_projection_version_rebuilds_and_an_older_instance_does_not_lead(
