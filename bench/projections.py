@@ -5,7 +5,12 @@ One run measures:
   a log of N events (default 1,000,000), in events/s, beside the raw baseline of reading the
   same rows with asyncpg, as a rebuild reads them, and decoding every one with msgspec;
 - end-to-end lag from a command's accepted reply to the ROUTER_CONFIG KV update a router
-  would see, p50/p99, with commands paced at 100/s and 1,000/s.
+  would see, p50/p99, with commands paced at 100/s and 1,000/s, twice: as the client sees
+  it (reply received -> watcher woken, both in this process), and by the servers' clocks
+  (the event's `recorded_at`, taken inside its append before the commit, -> the time
+  JetStream stored the KV entry). On a slow machine the client's loop, sending 1,000
+  commands/s and watching, may take a reply after the update it caused (p50 0 ms there);
+  the servers' clocks see neither loop, and start before the accepted reply could.
 
     .venv/bin/python bench/projections.py [--events 1000000] [--lag-seconds 10]
 
@@ -276,25 +281,30 @@ async def lag(
             except Exception:
                 await asyncio.sleep(0.1)
         seen: dict[str, float] = {}
+        stored: dict[str, dt.datetime] = {}  # JetStream's time of the entry (the server's)
 
         async def watch() -> None:
             watcher = await kv.watchall(include_history=False)
             async for entry in watcher:
                 if entry is not None and entry.key not in seen:
                     seen[entry.key] = time.perf_counter()
+                    if entry.created is not None:
+                        stored[entry.key] = entry.created  # type: ignore[assignment]
 
         watching = asyncio.create_task(watch())
         await asyncio.sleep(0.5)
         serial = 0
         for rate in rates:
             accepted: dict[str, float] = {}
+            positions: dict[str, int] = {}
             interval = 1.0 / rate
             start = time.perf_counter()
             tasks = []
 
             async def one(host: str, app: str) -> None:
-                await command(AddDomain(app=app, hostname=host))
+                reply = await command(AddDomain(app=app, hostname=host))
                 accepted[host.replace("*", "_")] = time.perf_counter()
+                positions[host.replace("*", "_")] = reply.position
 
             n = int(rate * seconds)
             for i in range(n):
@@ -312,9 +322,29 @@ async def lag(
                 await asyncio.sleep(0.05)
             lags = [max(0.0, seen[h] - t) * 1000 for h, t in accepted.items() if h in seen]
             lines.append(
-                f"| lag at {rate:,} commands/s, {deployment} (achieved {achieved:,.0f}/s, "
-                f"{len(lags)} commands) | "
+                f"| lag at {rate:,} commands/s, {deployment}, as the client sees it (achieved"
+                f" {achieved:,.0f}/s, {len(lags)} commands) | "
                 f"p50 {percentile(lags, 0.5):.1f} ms | p99 {percentile(lags, 0.99):.1f} ms |"
+            )
+            db = await asyncpg.connect(url)
+            try:
+                recorded = dict(
+                    await db.fetch(
+                        "select position, recorded_at from events where position = any($1)",
+                        list(positions.values()),
+                    )
+                )
+            finally:
+                await db.close()
+            server = [
+                (stored[h] - recorded[p]).total_seconds() * 1000
+                for h, p in positions.items()
+                if h in stored
+            ]
+            lines.append(
+                f"| lag at {rate:,} commands/s, {deployment}, by the servers' clocks"
+                f" (recorded_at -> stored in the KV; {len(server)} commands) | "
+                f"p50 {percentile(server, 0.5):.1f} ms | p99 {percentile(server, 0.99):.1f} ms |"
             )
         watching.cancel()
     finally:
