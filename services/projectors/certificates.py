@@ -1,7 +1,11 @@
 """The `certificates` projection: apps, their domains and endpoints, as the CLI shows them.
 
-Each batch folds the touched apps with the aggregate's `evolve` and rewrites those apps'
-rows (delete, then COPY): set-based, and the rows always equal the folded state.
+Each batch folds the touched apps with the aggregate's `evolve` and writes the rows they
+change (deletes, then one upsert per table): set-based, and the rows always equal the folded
+state. An endpoint's domain list is not stored with it: the view `certificates.endpoints`
+derives it from the domains' rows exactly as `AppState.served_by` does, so a domain event
+writes one row however many domains its endpoint serves (a wildcard over thousands of them
+made every domain event rewrite the whole list).
 """
 
 from __future__ import annotations
@@ -27,19 +31,19 @@ class Rows:
     apps: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
     domains: dict[str, tuple[object, ...] | None] = field(default_factory=dict)
     endpoints: dict[tuple[str, str], tuple[object, ...] | None] = field(default_factory=dict)
-    # the app state each endpoint row's domain list is to be read from, once per batch: an
-    # app of thousands of domains under one wildcard changes that list with every domain
-    # event, and listing it per event made a batch O(events x domains)
-    served_from: dict[tuple[str, str], AppState] = field(default_factory=dict)
 
-    def finish(self) -> Rows:
-        """Fill in the endpoint rows' domain lists from the last state of each."""
-        for key, state in self.served_from.items():
-            row = self.endpoints.get(key)
-            if row is not None:
-                self.endpoints[key] = (*row[:4], state.served_by(key[1]), *row[5:])
-        self.served_from.clear()
-        return self
+
+# The endpoints as readers see them: each with the hostnames it serves, as `served_by` lists
+# them (its own; for a legacy SSL Endpoint also those no SNI endpoint claims), in Python's
+# order (code points: collation "C").
+_ENDPOINTS_VIEW = (
+    "select e.app, e.name, e.endpoint_type, e.certificate,"
+    ' array(select d.hostname from "{schema}".domains d where d.app = e.app'
+    "  and (d.endpoint = e.name or (e.endpoint_type = 'endpoint' and coalesce(d.endpoint, '') = ''))"
+    '  order by d.hostname collate "C") as domains,'
+    " e.not_after, e.fingerprint, e.trusted, e.position, e.updated_at"
+    ' from "{schema}".endpoints e'
+)
 
 
 class CertificatesProjection:
@@ -51,7 +55,9 @@ class CertificatesProjection:
     # claims), not only those assigned to it by name
     # 3: a removed endpoint's domains move to the endpoints its event names (`reassigned`);
     # an older release would leave them unserved, so it must not lead on such a log
-    version = 3
+    # 4: an endpoint's domain list is derived by the view, not stored (its row's position is
+    # the event that last changed the endpoint itself)
+    version = 4
 
     def __init__(self) -> None:
         self.states = AppStates()
@@ -86,10 +92,18 @@ class CertificatesProjection:
             " endpoint text, dns_verified boolean, position bigint not null)",
             f'create index on "{schema}".domains (app)',
             f'create table "{schema}".endpoints (app text not null, name text not null,'
-            " endpoint_type text not null, certificate jsonb not null, domains text[] not null,"
+            " endpoint_type text not null, certificate jsonb not null,"
             " not_after timestamptz not null, fingerprint text not null, trusted boolean not null,"
             " position bigint not null, updated_at timestamptz not null, primary key (app, name))",
         ]
+
+    def views(self, schema: str) -> dict[str, str]:
+        """The stable views' queries (see `store.point_views`)."""
+        return {
+            "apps": f'select * from "{schema}".apps',
+            "domains": f'select * from "{schema}".domains',
+            "endpoints": _ENDPOINTS_VIEW.format(schema=schema),
+        }
 
     async def apply(
         self, conn: asyncpg.Connection, schema: str, events: list[StoredEvent], through: int
@@ -113,7 +127,7 @@ class CertificatesProjection:
             self._fold(
                 await self.states.transitions(conn, events[start : start + _FOLD_SLICE]), rows
             )
-        return rows.finish()
+        return rows
 
     async def write(self, conn: asyncpg.Connection, schema: str, rows: Rows, through: int) -> None:
         """Write what `prepare` folded (inside the runner's transaction)."""
@@ -123,9 +137,7 @@ class CertificatesProjection:
 
     @staticmethod
     def _fold(steps: list[tuple[str, AppState, AppState, StoredEvent]], rows: Rows) -> None:
-        apps, domains, endpoints, served_from = (
-            rows.apps, rows.domains, rows.endpoints, rows.served_from
-        )  # fmt: skip
+        apps, domains, endpoints = rows.apps, rows.domains, rows.endpoints
         for app, before, after, event in steps:
             position, at = event.position, event.recorded_at
             if not after.exists:
@@ -136,8 +148,6 @@ class CertificatesProjection:
                     endpoints[(app, name)] = None
                 continue
             apps[app] = (app, len(after.domains), len(after.endpoints), position, at)
-            reassigned: set[str] = set()
-            domain_changed = False
             for host in hosts_changed(before, after, event.event):  # a superset; O(1) mostly
                 old, new = before.domains.get(host), after.domains.get(host)
                 if old is new:
@@ -147,17 +157,11 @@ class CertificatesProjection:
                     if new is not None
                     else None
                 )
-                reassigned |= {d.endpoint for d in (old, new) if d is not None and d.endpoint}
-                domain_changed = True
-            if domain_changed and (before.endpoints or after.endpoints):
-                # a legacy SSL Endpoint serves every domain no SNI endpoint claims
-                # (`served_by`): any domain that changes may change its list
-                reassigned |= {e.name for e in (before.legacy(), after.legacy()) if e is not None}
-            if before.endpoints is after.endpoints and not reassigned:
-                continue  # most events: a domain changed and no endpoint's domain list did
+            if before.endpoints is after.endpoints:
+                continue  # most events: a domain changed, and the view lists it where it goes
             for name in before.endpoints.keys() | after.endpoints.keys():
                 old_e, new_e = before.endpoints.get(name), after.endpoints.get(name)
-                if old_e is new_e and name not in reassigned:
+                if old_e is new_e:
                     continue
                 if new_e is None:
                     endpoints[(app, name)] = None
@@ -165,9 +169,8 @@ class CertificatesProjection:
                 c = new_e.certificate
                 endpoints[(app, name)] = (
                     app, name, new_e.endpoint_type.value, c,
-                    None, c.not_after, c.fingerprint_sha256, c.trusted, position, at,
+                    c.not_after, c.fingerprint_sha256, c.trusted, position, at,
                 )  # fmt: skip
-                served_from[(app, name)] = after  # its domains: see `Rows.finish`
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None
@@ -184,7 +187,7 @@ _COLUMNS = {
     "domains": [("hostname", "text"), ("app", "text"), ("endpoint", "text"),
                 ("dns_verified", "boolean"), ("position", "bigint")],
     "endpoints": [("app", "text"), ("name", "text"), ("endpoint_type", "text"),
-                  ("certificate", "jsonb"), ("domains", "text[]"), ("not_after", "timestamptz"),
+                  ("certificate", "jsonb"), ("not_after", "timestamptz"),
                   ("fingerprint", "text"), ("trusted", "boolean"), ("position", "bigint"),
                   ("updated_at", "timestamptz")],
 }  # fmt: skip
@@ -195,8 +198,6 @@ _ROWS = msgspec.json.Encoder()
 def _element(index: int, type_: str) -> str:
     if type_ == "jsonb":
         return f"r->{index}"
-    if type_ == "text[]":
-        return f"array(select jsonb_array_elements_text(r->{index}))"
     return f"(r->>{index})::{type_}"
 
 

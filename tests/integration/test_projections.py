@@ -878,3 +878,50 @@ async def run_until(r: ProjectorRunner, check) -> None:  # type: ignore[no-untyp
 
 async def _true_async(awaitable, predicate) -> bool:  # type: ignore[no-untyped-def]
     return bool(predicate(await awaitable))
+
+
+async def test_the_endpoints_view_lists_the_domains_each_endpoint_serves(
+    cp, projectors, ca, db_url
+) -> None:
+    """The view derives each endpoint's domains from the domain rows: they must be those the
+    aggregate's `served_by` lists (a legacy SSL Endpoint: its own and every domain no SNI
+    endpoint claims), in the same order."""
+    from functools import reduce
+
+    from events.endpoint import EndpointType
+    from events.replies import AppView
+    from services.domain.app import AppState, evolve
+    from services.storage.event_log import STORED_COLUMNS, stored_event
+
+    app = "lists"
+    await cp.command(CreateApp(app=app))
+    for host in ("b.lists.test", "a.lists.test", "z.other.test", "www.lists.test"):
+        await cp.command(AddDomain(app=app, hostname=host))
+    old = ca.leaf("z.other.test")
+    chain = [ca.intermediate.cert_pem]
+    await add_cert(cp, app, [old.cert_pem, *chain], old.key_pem, domains=["z.other.test"],
+                   endpoint_type=EndpointType.ENDPOINT)  # fmt: skip
+    wild = ca.leaf("*.lists.test")
+    await add_cert(cp, app, [wild.cert_pem, *chain], wild.key_pem,
+                   domains=["a.lists.test", "b.lists.test"])  # fmt: skip
+    await cp.command(AddDomain(app=app, hostname="c.lists.test"))  # the wildcard takes it
+    await cp.command(AddDomain(app=app, hostname="q.other.test"))  # no SNI endpoint covers it
+    last = (await cp.command(RemoveDomain(app=app, hostname="b.lists.test"))).position
+    await projected(cp, last)
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            f"select {STORED_COLUMNS} from events where stream_id = $1 order by stream_version",
+            f"app-{app}",
+        )
+    finally:
+        await conn.close()
+    state = reduce(evolve, [stored_event(r).event for r in rows], AppState(name=app))  # type: ignore[arg-type]
+    view = await cp.query(app, "app")
+    assert isinstance(view, AppView), view
+    listed = {e.name: e.domains for e in view.endpoints}
+    assert listed == {name: state.served_by(name) for name in state.endpoints}
+    assert sorted(listed.values()) == [
+        ["a.lists.test", "c.lists.test"],
+        ["q.other.test", "www.lists.test", "z.other.test"],
+    ]

@@ -9,7 +9,7 @@ from events.domain import DomainAdded, DomainRemoved
 from services.domain.app import AppState, evolve
 from services.projectors.certificates import CertificatesProjection, Rows
 from services.storage.event_log import NO_METADATA, StoredEvent
-from tests.unit.test_app_decide import add_cert, cert, run
+from tests.unit.test_app_decide import add_cert, app_with, cert, run
 
 AT = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -24,10 +24,12 @@ def folded(state: AppState, events: list[object], first: int) -> Rows:
         state = after
     rows = Rows()
     CertificatesProjection._fold(steps, rows)
-    return rows.finish()
+    return rows
 
 
-def test_an_endpoint_row_lists_the_domains_it_serves_after_the_whole_batch() -> None:
+def test_a_domain_event_writes_its_domain_row_and_not_its_endpoints() -> None:
+    """Which domains an endpoint serves is the view's to list (from the domain rows), so a
+    domain event under a wildcard writes one row, however many domains the endpoint has."""
     state = evolve(AppState(name="demo"), AppCreated(app="demo"))
     state = evolve(state, DomainAdded(app="demo", hostname="a.example.com"))
     state, _ = run(state, add_cert(), prepared=cert("*.example.com"))
@@ -42,10 +44,22 @@ def test_an_endpoint_row_lists_the_domains_it_serves_after_the_whole_batch() -> 
         ],
         first=10,
     )
-    row = rows.endpoints[("demo", name)]
-    assert row is not None
-    assert row[4] == ["b.example.com", "c.example.com"]
-    assert row[8] == 12  # the last event that changed what it serves
-    assert rows.domains["a.example.com"] is None
-    assert rows.domains["c.example.com"] == ("c.example.com", "demo", name, None, 11)
+    assert rows.endpoints == {}
+    assert rows.domains == {
+        "b.example.com": ("b.example.com", "demo", name, None, 10),
+        "c.example.com": ("c.example.com", "demo", name, None, 11),
+        "a.example.com": None,
+        "d.other.org": ("d.other.org", "demo", None, None, 13),
+    }
     assert rows.apps["demo"] == ("demo", 3, 1, 13, AT)
+
+
+def test_an_endpoint_row_is_written_when_the_endpoint_itself_changes() -> None:
+    state = app_with("a.example.com")
+    _, decision = run(state, add_cert(), prepared=cert("*.example.com"))
+    events = [e for s, e in decision.events if s.startswith("app-")]
+    rows = folded(state, events, first=5)
+    ((key, row),) = rows.endpoints.items()
+    assert row is not None and key == ("demo", row[1]) and row[2] == "sni"
+    assert row[7] == 5 + len(events) - 1  # the event that added it
+    assert rows.domains["a.example.com"] == ("a.example.com", "demo", row[1], None, 5)
