@@ -11,6 +11,9 @@ One run measures:
   JetStream stored the KV entry). On a slow machine the client's loop, sending 1,000
   commands/s and watching, may take a reply after the update it caused (p50 0 ms there);
   the servers' clocks see neither loop, and start before the accepted reply could.
+  Beside each rate, the CPU every process spent per command (from /proc: the service
+  processes with their children, PostgreSQL's backends, the NATS server, this client): on
+  two cores, lag at 1,000/s is mostly waiting for a core.
 
     .venv/bin/python bench/projections.py [--events 1000000] [--lag-seconds 10]
 
@@ -37,6 +40,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cpu_per_command import backends_of, children, cpu_seconds, processes_named
 from bench.harness import drop_database, machine, percentile, scratch_database
 from events.app import AppCreated, CreateApp
 from events.base import Metadata
@@ -294,7 +298,22 @@ async def lag(
         watching = asyncio.create_task(watch())
         await asyncio.sleep(0.5)
         serial = 0
+        database = url.rsplit("/", 1)[1]
+        nats_servers = processes_named(b"nats-server")
+
+        def cpu() -> dict[str, float]:
+            """CPU seconds so far of each process that serves a command, by role."""
+            used = {
+                " ".join(args): cpu_seconds(p.pid) + sum(map(cpu_seconds, children(p.pid)))
+                for args, p in zip(services, procs, strict=True)
+            }
+            used["PostgreSQL"] = sum(map(cpu_seconds, backends_of(database)))
+            used["NATS server"] = sum(map(cpu_seconds, nats_servers))
+            used["client (this process)"] = time.process_time()
+            return used
+
         for rate in rates:
+            before = cpu()
             accepted: dict[str, float] = {}
             positions: dict[str, int] = {}
             interval = 1.0 / rate
@@ -346,6 +365,11 @@ async def lag(
                 f" (recorded_at -> stored in the KV; {len(server)} commands) | "
                 f"p50 {percentile(server, 0.5):.1f} ms | p99 {percentile(server, 0.99):.1f} ms |"
             )
+            after = cpu()
+            per = ", ".join(
+                f"{who} {(after[who] - before[who]) / n * 1e6:,.0f}" for who in before
+            )  # (backends that left meanwhile are not counted: the services keep theirs)
+            lines.append(f"| CPU per command at {rate:,}/s, {deployment} (µs) | {per} | |")
         watching.cancel()
     finally:
         await nc.close()
