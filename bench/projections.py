@@ -313,7 +313,7 @@ async def lag(
             return used
 
         for rate in rates:
-            before = cpu()
+            before, began = cpu(), time.perf_counter()
             accepted: dict[str, float] = {}
             positions: dict[str, int] = {}
             interval = 1.0 / rate
@@ -365,11 +365,16 @@ async def lag(
                 f" (recorded_at -> stored in the KV; {len(server)} commands) | "
                 f"p50 {percentile(server, 0.5):.1f} ms | p99 {percentile(server, 0.99):.1f} ms |"
             )
-            after = cpu()
+            after, wall = cpu(), time.perf_counter() - began
             per = ", ".join(
-                f"{who} {(after[who] - before[who]) / n * 1e6:,.0f}" for who in before
+                f"{who} {(after[who] - before[who]) / n * 1e6:,.0f} µs"
+                f" ({100 * (after[who] - before[who]) / wall:.0f} %)"
+                for who in before
             )  # (backends that left meanwhile are not counted: the services keep theirs)
-            lines.append(f"| CPU per command at {rate:,}/s, {deployment} (µs) | {per} | |")
+            lines.append(
+                f"| CPU a command at {rate:,}/s, {deployment} (and % of a core; at 100/s"
+                f" mostly the idle processes' own) | {per} | |"
+            )
         watching.cancel()
     finally:
         await nc.close()
