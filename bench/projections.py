@@ -373,7 +373,7 @@ async def lag(
             )  # (backends that left meanwhile are not counted: the services keep theirs)
             lines.append(
                 f"| CPU a command at {rate:,}/s, {deployment} (and % of a core; at 100/s"
-                f" mostly the idle processes' own) | {per} | |"
+                f" mostly each batch's fixed cost) | {per} | |"
             )
         watching.cancel()
     finally:
