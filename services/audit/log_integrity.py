@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from services.domain.event_content import event_content
 from services.domain.merkle import Frontier, leaf_hash
-from services.domain.writer_mac import writer_mac
-from services.storage.hash_chain import GENESIS, content_hash, event_hash
+from services.domain.writer_mac import mac_of_content
+from services.storage.hash_chain import GENESIS, content_hash_of, event_hash
 
 # The columns, in this order, that everything here reads (from SQL or a bundle).
 ROW_COLUMNS = (
@@ -55,9 +56,10 @@ class ChainChecker:
     prev: bytes = GENESIS
     frontier: Frontier = field(default_factory=Frontier)
 
-    def check(self, row: LogRow | Sequence[Any]) -> None:
+    def check(self, row: LogRow | Sequence[Any], writer_key: bytes | None = None) -> None:
         """Accept the next row or raise `Broken` naming it. Any sequence in `LogRow`'s order
-        will do (a database record as it comes: verify skips building a LogRow per row)."""
+        will do (a database record as it comes: verify skips building a LogRow per row).
+        With `writer_key`, also that a gateway wrote it (its writer MAC)."""
         (position, stream_id, stream_version, event_id, command_id, command_index, type_,
          schema_version, data, metadata, recorded_at, prev_hash, stored) = row  # fmt: skip
         expected = self.position + 1
@@ -75,9 +77,10 @@ class ChainChecker:
                 "it does not follow from the previous event (its prev_hash differs): an event "
                 "before it was removed, reordered or altered",
             )
-        content = content_hash(
-            stream_id, event_id, command_id, command_index, type_, schema_version, data, metadata
+        written = event_content(
+            stream_id, event_id, command_id, command_index, type_, schema_version, data
         )
+        content = content_hash_of(written, metadata)
         recomputed = event_hash(self.prev, position, stream_version, recorded_at, content)
         if recomputed != stored:
             raise Broken(
@@ -85,6 +88,8 @@ class ChainChecker:
                 "its content does not match its hash: its data, metadata, stream, version or "
                 "time was altered after it was written",
             )
+        if writer_key is not None:  # the same canonical bytes: built once for both checks
+            _check_mac(position, metadata, mac_of_content(writer_key, written))
         self.position, self.prev = position, recomputed
         self.frontier.append(leaf_hash(recomputed))
 
@@ -96,19 +101,14 @@ class _WriterMac(msgspec.Struct):
 _MAC_DECODER = msgspec.json.Decoder(_WriterMac)
 
 
-def check_writer(row: LogRow, key: bytes) -> None:
-    """Raise `Broken` unless the row carries the MAC only a gateway can compute."""
+def _check_mac(position: int, metadata: str, expected: str) -> None:
     try:
-        given = _MAC_DECODER.decode(row.metadata).writer_mac
+        given = _MAC_DECODER.decode(metadata).writer_mac
     except msgspec.DecodeError:
         given = ""
-    expected = writer_mac(
-        key, row.stream_id, row.event_id, row.command_id, row.command_index, row.type,
-        row.schema_version, row.data,
-    )  # fmt: skip
     if not hmac.compare_digest(given, expected):
         raise Broken(
-            row.position,
+            position,
             "it was not written by a gateway (its writer MAC is missing or wrong): it was "
             "appended or altered behind the control plane's back",
         )

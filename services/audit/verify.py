@@ -27,7 +27,7 @@ import asyncpg
 import msgspec
 
 from events.audit import TreeHead
-from services.audit.log_integrity import ROW_COLUMNS, Broken, ChainChecker, LogRow, check_writer
+from services.audit.log_integrity import ROW_COLUMNS, Broken, ChainChecker, LogRow
 from services.domain.merkle import Frontier
 from services.domain.tree_head import signature_problem
 from services.storage.row_stream import prefetched_batches
@@ -92,9 +92,8 @@ class LogVerifier:
         self._chunk_roots = Frontier()  # over the roots of whole chunks (`feed_chunk`)
 
     def feed(self, row: LogRow) -> None:
-        self.checker.check(row)
-        if self.writer_key is not None:  # the operator's check: names a forged event exactly
-            check_writer(row, self.writer_key)
+        # with the writer key (the operator's check), a forged event is named exactly
+        self.checker.check(row, self.writer_key)
         self.outcome.events += 1
         while self._next < len(self.heads) and self.heads[self._next].size == row.position:
             self._check_root(self.heads[self._next], self.checker.frontier.root())
@@ -287,9 +286,7 @@ class ChunkChecker:
         checker = self.checker
         if checker.position == self.start - 1:
             self.first_prev = checker.prev = row[11]  # prev_hash: linked by the coordinator
-        checker.check(row)
-        if self.writer_key is not None:
-            check_writer(LogRow(*row), self.writer_key)
+        checker.check(row, self.writer_key)
         if row[0] in self.wanted:
             self.at_heads[row[0]] = list(checker.frontier.hashes)
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from events.audit import TreeHead
-from services.audit.log_integrity import ROW_COLUMNS, ChainChecker, LogRow, check_writer
+from services.audit.log_integrity import ROW_COLUMNS, ChainChecker
 from services.domain.merkle import Frontier
 from services.domain.tree_head import sign
 from services.storage.event_log import StoredEvent
@@ -96,10 +96,9 @@ class SealerProjection:
             events[0].position,
             events[-1].position,
         )
-        for record in rows:
-            row = LogRow(*record)
-            self._check_writer(row)
-            checker.check(row)  # raises Broken: a poison event, never signed
+        for row in rows:
+            # raises Broken, a poison event never signed: a broken chain, or no gateway wrote it
+            checker.check(row, self.writer_key)
             if checker.frontier.size % self.every == 0:
                 await self._seal(conn, checker)
         if checker.position > self._signed_size and self._due():
@@ -112,10 +111,6 @@ class SealerProjection:
             checker.prev,
             checker.frontier.hashes,
         )
-
-    def _check_writer(self, row: LogRow) -> None:
-        if self.writer_key is not None:
-            check_writer(row, self.writer_key)  # never sign what no gateway wrote
 
     def _due(self) -> bool:
         return time.monotonic() - self._last_seal >= self.seconds

@@ -18,8 +18,9 @@ from events.base import Event, Metadata
 from events.codec import CURRENT_SCHEMA_VERSION, METADATA_DECODER, decode_event, encode
 from events.union import AnyEvent, tag_of
 from services.domain.errors import Unavailable
-from services.domain.writer_mac import writer_mac
-from services.storage.hash_chain import content_hash
+from services.domain.event_content import event_content
+from services.domain.writer_mac import mac_of_content
+from services.storage.hash_chain import content_hash_of
 
 
 @dataclass(frozen=True)
@@ -141,15 +142,12 @@ def _sealed_event(
     type_ = tag_of(type(e.event))
     version = CURRENT_SCHEMA_VERSION[type_]
     data = encode(e.event).decode()
+    content = event_content(e.stream_id, e.event_id, command_id, index, type_, version, data)
     meta = e.metadata
-    if mac_key is not None:
-        mac = writer_mac(mac_key, e.stream_id, e.event_id, command_id, index, type_, version, data)
-        meta = msgspec.structs.replace(meta, writer_mac=mac)
+    if mac_key is not None:  # the MAC and the chain cover the same canonical bytes
+        meta = msgspec.structs.replace(meta, writer_mac=mac_of_content(mac_key, content))
     metadata = encode(meta).decode()
-    digest = content_hash(
-        e.stream_id, e.event_id, command_id, index, type_, version, data, metadata
-    )
-    return type_, version, data, metadata, digest
+    return type_, version, data, metadata, content_hash_of(content, metadata)
 
 
 _APPEND = "select * from certplane_append_chained(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
