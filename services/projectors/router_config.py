@@ -35,6 +35,7 @@ from events.union import tag_of
 from services.domain.app import EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, RouterSealer
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
+from services.storage import packed
 from services.storage.event_log import StoredEvent
 from services.subjects import CHECKPOINT_KEY, hostname_of_kv_key, kv_key
 
@@ -74,21 +75,6 @@ _JOINED = (
     ' b.sealed_key, h.tls_policy, b.problem, h.position from "{schema}".router_hosts h'
     ' join "{schema}".router_bundles b on b.key_id = h.key_id'
 )
-
-
-_UNIT = "\x1f"  # ASCII unit separator: in no PEM, key id, JSON seal (escaped there) or problem
-# Parameter $n split back into its values; the leading separator, then dropping element 1,
-# keeps a lone empty value (string_to_array('') is an empty array, not one empty string).
-_SPLIT = "(string_to_array(E'\\x1f' || ${}, E'\\x1f'))[2:]"
-
-
-def _units(values: tuple[str, ...]) -> str:
-    """Values as one string PostgreSQL splits (`string_to_array`): asyncpg encodes a text[]
-    element by element in Python, six times the CPU for a batch of bundles (measured)."""
-    joined = _UNIT.join(values)
-    if joined.count(_UNIT) != len(values) - 1:
-        raise ValueError("a router_config value contains the unit separator (0x1f)")
-    return joined
 
 
 @dataclass(frozen=True)
@@ -294,11 +280,11 @@ class RouterConfigProjection:
             keys, chains, seals, problems = zip(
                 *((k, c, s or "", p) for k, (c, s, p) in changes.bundles.items()), strict=True
             )
-            columns = ", ".join(_SPLIT.format(n) for n in range(1, 5))
+            columns = ", ".join(packed.text_array(n) for n in range(1, 5))
             await conn.execute(
                 f"insert into {bundles_table} select k, c, nullif(s, ''), p"
                 f" from unnest({columns}) r(k, c, s, p) on conflict (key_id) do nothing",
-                *(_units(column) for column in (keys, chains, seals, problems)),
+                *(packed.units(column) for column in (keys, chains, seals, problems)),
             )
         deleted = [h for h, v in changes.rows.items() if v is None]
         if deleted:

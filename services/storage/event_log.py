@@ -20,6 +20,7 @@ from events.union import AnyEvent, tag_of
 from services.domain.errors import Unavailable
 from services.domain.event_content import event_content
 from services.domain.writer_mac import mac_of_content
+from services.storage import packed
 from services.storage.hash_chain import content_hash_of
 
 
@@ -150,7 +151,45 @@ def _sealed_event(
     return type_, version, data, metadata, content_hash_of(content, metadata)
 
 
-_APPEND = "select * from certplane_append_chained(" + ", ".join(f"${i}" for i in range(1, 22)) + ")"
+# The function's 21 array parameters (schemas/sql/010), each sent packed (storage/packed.py).
+_APPEND_PARAMETERS = (
+    "uuid", "integer", "text", "integer",
+    "integer", "integer", "text", "uuid", "text", "integer", "text", "text", "digest",
+    "integer", "uuid", "text", "bytea", "integer", "uuid", "integer", "integer",
+)  # fmt: skip
+_DIGEST = 32  # SHA-256
+
+
+def _append_argument(n: int, kind: str) -> str:
+    if kind == "integer":
+        return packed.integer_array(n)
+    if kind == "digest":
+        return packed.fixed_bytea_array(n, _DIGEST)
+    if kind == "bytea":
+        return f"${n}::bytea[]"  # wrapped data keys: AddCert only, a few a batch
+    return packed.text_array(n, kind)
+
+
+_APPEND = (
+    "select * from certplane_append_chained("
+    + ", ".join(_append_argument(n, kind) for n, kind in enumerate(_APPEND_PARAMETERS, 1))
+    + ")"
+)
+
+
+def _packed(arrays: list[list[Any]]) -> list[Any]:
+    """`_batch_arrays` as `_APPEND` takes them."""
+    values: list[Any] = []
+    for kind, column in zip(_APPEND_PARAMETERS, arrays, strict=True):
+        if kind == "integer":
+            values.append(packed.integers(column))
+        elif kind == "digest":
+            values.append(packed.fixed_bytes(column, _DIGEST))
+        elif kind == "bytea":
+            values.append(column)
+        else:
+            values.append(packed.units(column))  # uuids too: as text, like the ids given
+    return values
 
 
 def _batch_arrays(
@@ -253,7 +292,7 @@ class PostgresEventLog:
     async def append_batch(
         self, requests: list[AppendRequest], requires: list[list[int]] | None = None
     ) -> list[AppendResult]:
-        arguments = _batch_arrays(requests, self._writer_key, requires)
+        arguments = _packed(_batch_arrays(requests, self._writer_key, requires))
         try:
             row = await self._pool.fetchrow(_APPEND, *arguments)
         except (
