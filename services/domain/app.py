@@ -622,7 +622,7 @@ def _add_cert(
 
 
 # A tuple, not `A | B | ...`: that builds a union object on every call, and this runs per event.
-_ONE_DOMAIN_EVENTS = (DomainAdded, DomainRemoved, DomainUpdated, DnsVerified)
+ONE_DOMAIN_EVENTS = (DomainAdded, DomainRemoved, DomainUpdated, DnsVerified)
 
 
 def hosts_changed(before: AppState, after: AppState, event: object = None) -> set[str]:
@@ -634,7 +634,7 @@ def hosts_changed(before: AppState, after: AppState, event: object = None) -> se
     domain event that left the endpoints alone changed its own hostname only: O(1) instead
     of a pass over the app's domains (apps with thousands of them exist).
     """
-    if isinstance(event, _ONE_DOMAIN_EVENTS) and before.endpoints is after.endpoints:
+    if isinstance(event, ONE_DOMAIN_EVENTS) and before.endpoints is after.endpoints:
         return {event.hostname}
     hosts = {
         h

@@ -11,12 +11,13 @@ made every domain event rewrite the whole list).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
 
-from services.domain.app import AppState, hosts_changed
+from services.domain.app import ONE_DOMAIN_EVENTS, AppState, hosts_changed
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage.event_log import StoredEvent
 from services.telemetry import EXPIRY_WINDOWS_DAYS, CertificateExpiry, certificate_metrics
@@ -138,17 +139,25 @@ class CertificatesProjection:
     @staticmethod
     def _fold(steps: list[tuple[str, AppState, AppState, StoredEvent]], rows: Rows) -> None:
         apps, domains, endpoints = rows.apps, rows.domains, rows.endpoints
+        last: dict[str, tuple[AppState, StoredEvent]] = {}  # an app's row: from its last event
         for app, before, after, event in steps:
-            position, at = event.position, event.recorded_at
             if not after.exists:
+                last.pop(app, None)
                 apps[app] = None
                 for host in before.domains:
                     domains[host] = None
                 for name in before.endpoints:
                     endpoints[(app, name)] = None
                 continue
-            apps[app] = (app, len(after.domains), len(after.endpoints), position, at)
-            for host in hosts_changed(before, after, event.event):  # a superset; O(1) mostly
+            last[app] = (after, event)
+            change = event.event
+            position = event.position
+            if before.endpoints is after.endpoints and isinstance(change, ONE_DOMAIN_EVENTS):
+                # most events: one domain changed, and the view lists it where it goes
+                hosts: Iterable[str] = (change.hostname,)
+            else:
+                hosts = hosts_changed(before, after, change)  # a superset; O(1) mostly
+            for host in hosts:
                 old, new = before.domains.get(host), after.domains.get(host)
                 if old is new:
                     continue
@@ -158,7 +167,7 @@ class CertificatesProjection:
                     else None
                 )
             if before.endpoints is after.endpoints:
-                continue  # most events: a domain changed, and the view lists it where it goes
+                continue
             for name in before.endpoints.keys() | after.endpoints.keys():
                 old_e, new_e = before.endpoints.get(name), after.endpoints.get(name)
                 if old_e is new_e:
@@ -169,8 +178,12 @@ class CertificatesProjection:
                 c = new_e.certificate
                 endpoints[(app, name)] = (
                     app, name, new_e.endpoint_type.value, c,
-                    c.not_after, c.fingerprint_sha256, c.trusted, position, at,
+                    c.not_after, c.fingerprint_sha256, c.trusted, position, event.recorded_at,
                 )  # fmt: skip
+        for app, (state, event) in last.items():
+            apps[app] = (
+                app, len(state.domains), len(state.endpoints), event.position, event.recorded_at
+            )  # fmt: skip
 
     async def after_commit(self, conn: asyncpg.Connection, schema: str) -> None:
         return None

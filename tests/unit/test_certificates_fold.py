@@ -63,3 +63,32 @@ def test_an_endpoint_row_is_written_when_the_endpoint_itself_changes() -> None:
     assert row is not None and key == ("demo", row[1]) and row[2] == "sni"
     assert row[7] == 5 + len(events) - 1  # the event that added it
     assert rows.domains["a.example.com"] == ("a.example.com", "demo", row[1], None, 5)
+
+
+def test_an_app_destroyed_and_created_again_in_one_batch_keeps_the_last_word() -> None:
+    """An app's row comes from its last event in the batch: gone if that destroyed it, the
+    new app's (its own position and counts) if it was created again."""
+    from events.app import AppDestroyed
+
+    state = app_with("a.example.com")
+    again = folded(
+        state,
+        [
+            AppDestroyed(app="demo"),
+            AppCreated(app="demo"),
+            DomainAdded(app="demo", hostname="b.example.com"),
+        ],
+        first=20,
+    )
+    assert again.apps == {"demo": ("demo", 1, 0, 22, AT)}
+    assert again.domains == {
+        "a.example.com": None,
+        "b.example.com": ("b.example.com", "demo", None, None, 22),
+    }
+    gone = folded(
+        state,
+        [DomainAdded(app="demo", hostname="b.example.com"), AppDestroyed(app="demo")],
+        first=30,
+    )
+    assert gone.apps == {"demo": None}
+    assert gone.domains["a.example.com"] is None
