@@ -32,7 +32,7 @@ from events.domain import DnsVerified
 from events.endpoint import EndpointType
 from events.router import ConfigCheckpoint, RouterConfigEntry, RouterKeySeal
 from events.union import tag_of
-from services.domain.app import EndpointState, hosts_changed
+from services.domain.app import ONE_DOMAIN_EVENTS, EndpointState, hosts_changed
 from services.domain.key_envelope import DataKey, MasterKey, RouterSealer
 from services.projectors.app_states import APP_EVENT_TYPES, AppStates
 from services.storage import packed
@@ -224,7 +224,12 @@ class RouterConfigProjection:
         # Pass 1: fold, noting per event which hostnames it may change and to what endpoint.
         steps: list[tuple[str, str, EndpointState | None, int]] = []
         for app, before, after, event in await self.states.transitions(conn, events):
-            for host in hosts_changed(before, after, event.event):
+            change = event.event
+            if before.endpoints is after.endpoints and isinstance(change, ONE_DOMAIN_EVENTS):
+                host = change.hostname  # `hosts_changed`'s answer, without building its set
+                steps.append((app, host, after.endpoint_for(host), event.position))
+                continue
+            for host in hosts_changed(before, after, change):
                 steps.append((app, host, after.endpoint_for(host), event.position))
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
         hosts = sorted({host for _, host, _, _ in steps})
