@@ -35,6 +35,7 @@ from bench.projections import (
     build_log,
     catch_up,
     raw_read,
+    settled,
 )
 from services.config import Settings
 from services.devcerts import DevCA
@@ -87,6 +88,7 @@ async def main() -> None:
         print(f"# kept a log of {count:,} events in {KEPT} ({seconds:.0f} s)", flush=True)
     master = MasterKey.from_text(KEY_FILE.read_text())
     for name in opts.what or CHOICES:
+        await settled(url)
         if name == "raw":
             count, seconds = await raw_read(url)
         else:
