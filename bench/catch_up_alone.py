@@ -7,6 +7,10 @@ compare two versions of a projection, alternate them on one kept log instead:
     .venv/bin/python bench/catch_up_alone.py raw certificates     # some of them
     .venv/bin/python bench/catch_up_alone.py --drop                # remove the kept log
 
+Each line also gives the wall time and the CPU seconds of this process and of PostgreSQL's
+backends over it: which side a catch-up waits on (a CHECKPOINT runs before each, so none pays
+for the previous one's writes).
+
 The log lives in the database `cpbench_kept` (next to CERTPLANE_DATABASE_URL's) and its
 master key in `$TMPDIR/cpbench_kept.master` (router_config unwraps the log's data keys with
 it). Like `certplane projector` and the benchmark, it runs with `tune_gc()`: without it the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from bench.cpu_per_command import backends_of, cpu_seconds
 from bench.projections import (
     AuditProjection,
     CertificatesProjection,
@@ -62,6 +68,18 @@ def projection(name: str, master: MasterKey):  # type: ignore[no-untyped-def]
     raise ValueError(name)
 
 
+_SEEN: dict[str, float] = {}  # backend pid -> CPU seconds when last seen
+
+
+async def _backend_cpu() -> None:
+    """Sample the kept log's backends' CPU (4 times a second: the sampling runs in the
+    measured process) until cancelled; a backend's last 0.25 s may be missed."""
+    while True:
+        for pid in backends_of(KEPT):
+            _SEEN[pid] = cpu_seconds(pid) or _SEEN.get(pid, 0.0)
+        await asyncio.sleep(0.25)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", nargs="*", help=f"any of {', '.join(CHOICES)} (default: all)")
@@ -89,11 +107,24 @@ async def main() -> None:
     master = MasterKey.from_text(KEY_FILE.read_text())
     for name in opts.what or CHOICES:
         await settled(url)
+        python = cpu_seconds(os.getpid())
+        watching = asyncio.ensure_future(_backend_cpu())
         if name == "raw":
             count, seconds = await raw_read(url)
         else:
             count, seconds = await catch_up(url, projection(name, master))
-        print(f"{name:14s} {count / seconds:9,.0f} events/s", flush=True)
+        python = cpu_seconds(os.getpid()) - python
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        backends = sum(_SEEN.values())
+        _SEEN.clear()
+        # Which side a catch-up waits on: CPU seconds of this process and of PostgreSQL's
+        # backends (reading, writing, folding) beside the wall time.
+        print(
+            f"{name:14s} {count / seconds:9,.0f} events/s  ({seconds:.1f} s; CPU: Python"
+            f" {python:.1f} s, PostgreSQL ~{backends:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
