@@ -51,6 +51,7 @@ from events.replies import Accepted
 from events.union import tag_of
 from services.config import Settings
 from services.devcerts import DevCA
+from services.domain.event_content import event_content
 from services.domain.key_envelope import DataKey, MasterKey, public_bytes, seal_for_gateway
 from services.domain.x509_bundle import TrustStore, inspect_bundle
 from services.projectors import store
@@ -122,7 +123,9 @@ def synthesize(n_events: int, master: MasterKey, ca: DevCA):  # type: ignore[no-
             event_id = str(uuid.uuid4())
             type_ = tag_of(type(event))
             data = encode(event).decode()
-            content = content_hash(stream, event_id, command, index, type_, 1, data, meta)
+            content = content_hash(
+                event_content(stream, event_id, command, index, type_, 1, data), meta
+            )
             hashed = event_hash(prev, position, version, at, content)
             rows.append(
                 (position, stream, version, uuid.UUID(event_id), uuid.UUID(command), index, type_, 1,

@@ -16,8 +16,8 @@ import msgspec
 
 from services.domain.event_content import event_content
 from services.domain.merkle import Frontier, leaf_hash
-from services.domain.writer_mac import mac_of_content
-from services.storage.hash_chain import GENESIS, content_hash_of, event_hash
+from services.domain.writer_mac import writer_mac
+from services.storage.hash_chain import GENESIS, content_hash, event_hash
 
 # The columns, in this order, that everything here reads (from SQL or a bundle).
 ROW_COLUMNS = (
@@ -80,7 +80,7 @@ class ChainChecker:
         written = event_content(
             stream_id, event_id, command_id, command_index, type_, schema_version, data
         )
-        content = content_hash_of(written, metadata)
+        content = content_hash(written, metadata)
         recomputed = event_hash(self.prev, position, stream_version, recorded_at, content)
         if recomputed != stored:
             raise Broken(
@@ -89,7 +89,7 @@ class ChainChecker:
                 "time was altered after it was written",
             )
         if writer_key is not None:  # the same canonical bytes: built once for both checks
-            _check_mac(position, metadata, mac_of_content(writer_key, written))
+            _check_mac(position, metadata, writer_mac(writer_key, written))
         self.position, self.prev = position, recomputed
         self.frontier.append(leaf_hash(recomputed))
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import uuid
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from services.domain.event_content import event_content
 
 _INFO = b"certplane/writer-mac/v1"
 _BLOCK = 64  # SHA-256's block size
@@ -39,23 +36,12 @@ def _keyed(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
     return inner, outer
 
 
-def mac_of_content(key: bytes, content: bytes) -> str:
-    """Hex HMAC-SHA256 of `_INFO ‖ content`, content being `event_content(...)`."""
+def writer_mac(key: bytes, content: bytes) -> str:
+    """Hex HMAC-SHA256 of `_INFO ‖ content`: everything the writer decides
+    (`event_content`) except the metadata the MAC goes into."""
     inner, outer = _keyed(key)
     h = inner.copy()
     h.update(content)
     o = outer.copy()
     o.update(h.digest())
     return o.hexdigest()
-
-
-def writer_mac(
-    key: bytes, stream_id: str, event_id: str | uuid.UUID, command_id: str | uuid.UUID,
-    command_index: int,
-    type_: str, schema_version: int, data: str,
-) -> str:  # fmt: skip
-    """Hex HMAC-SHA256 over everything the writer decides except the metadata it goes into."""
-    return mac_of_content(
-        key,
-        event_content(stream_id, event_id, command_id, command_index, type_, schema_version, data),
-    )

@@ -19,9 +19,9 @@ from events.codec import CURRENT_SCHEMA_VERSION, METADATA_DECODER, decode_event,
 from events.union import AnyEvent, tag_of
 from services.domain.errors import Unavailable
 from services.domain.event_content import event_content
-from services.domain.writer_mac import mac_of_content
+from services.domain.writer_mac import writer_mac
 from services.storage import packed
-from services.storage.hash_chain import content_hash_of
+from services.storage.hash_chain import content_hash
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,9 @@ def _sealed_event(
     content = event_content(e.stream_id, e.event_id, command_id, index, type_, version, data)
     meta = e.metadata
     if mac_key is not None:  # the MAC and the chain cover the same canonical bytes
-        meta = msgspec.structs.replace(meta, writer_mac=mac_of_content(mac_key, content))
+        meta = msgspec.structs.replace(meta, writer_mac=writer_mac(mac_key, content))
     metadata = encode(meta).decode()
-    return type_, version, data, metadata, content_hash_of(content, metadata)
+    return type_, version, data, metadata, content_hash(content, metadata)
 
 
 # The function's 21 array parameters (schemas/sql/010), each sent packed (storage/packed.py).

@@ -13,9 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import struct
-import uuid
-
-from services.domain.event_content import event_content
 
 GENESIS = bytes(32)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -26,26 +23,9 @@ _LEN = struct.Struct(">I").pack  # a length prefix
 _POSITION_VERSION_TIME = struct.Struct(">qiq").pack
 
 
-def content_hash(
-    stream_id: str,
-    event_id: str | uuid.UUID,
-    command_id: str | uuid.UUID,
-    command_index: int,
-    type_: str,
-    schema_version: int,
-    data: str,
-    metadata: str,
-) -> bytes:
-    """SHA-256 of an event's canonical content bytes."""
-    return content_hash_of(
-        event_content(stream_id, event_id, command_id, command_index, type_, schema_version, data),
-        metadata,
-    )
-
-
-def content_hash_of(content: bytes, metadata: str) -> bytes:
-    """`content_hash` from the writer's canonical bytes (`event_content`, which the writer MAC
-    covers too) and the metadata."""
+def content_hash(content: bytes, metadata: str) -> bytes:
+    """SHA-256 of an event's canonical content bytes: what the writer decides
+    (`event_content`, which the writer MAC covers too), then the metadata."""
     meta = metadata.encode()
     return hashlib.sha256(b"".join((_DOMAIN, content, _LEN(len(meta)), meta))).digest()
 

@@ -20,6 +20,7 @@ from services.audit.keys import load_signing_key
 from services.audit.log_integrity import ROW_COLUMNS, LogRow
 from services.audit.proofs import ProofFailed, consistency_proof, inclusion_proof
 from services.audit.verify import db_heads, verify_database
+from services.domain.event_content import event_content
 from services.domain.merkle import leaf_hash, verify_inclusion
 from services.domain.tree_head import sign
 from services.domain.writer_mac import writer_key
@@ -81,8 +82,9 @@ async def rehash_from(conn: asyncpg.Connection, position: int) -> None:
     )
     for record in rows:
         row = LogRow(*record)
-        content = content_hash(row.stream_id, row.event_id, row.command_id, row.command_index,
-                               row.type, row.schema_version, row.data, row.metadata)  # fmt: skip
+        written = event_content(row.stream_id, row.event_id, row.command_id, row.command_index,
+                                row.type, row.schema_version, row.data)  # fmt: skip
+        content = content_hash(written, row.metadata)
         h = event_hash(prev, row.position, row.stream_version, row.recorded_at, content)
         await conn.execute(
             "update events set prev_hash = $2, hash = $3 where position = $1", row.position, prev, h
@@ -214,9 +216,10 @@ async def test_a_forged_append_with_a_recomputed_chain_is_never_signed(
             *await conn.fetchrow(f"select {ROW_COLUMNS} from events where position = $1", head)
         )
         data = row.data.replace("shop-5", "evil-5")
-        content = content_hash(row.stream_id, "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
-                               "6fa459ea-ee8a-3ca4-894e-db77e160355e", 0, row.type,
-                               row.schema_version, data, row.metadata)  # fmt: skip
+        written = event_content(row.stream_id, "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+                                "6fa459ea-ee8a-3ca4-894e-db77e160355e", 0, row.type,
+                                row.schema_version, data)  # fmt: skip
+        content = content_hash(written, row.metadata)
         recorded = row.recorded_at + dt.timedelta(milliseconds=1)
         h = event_hash(bytes(row.hash), head + 1, row.stream_version + 1, recorded, content)
         await conn.execute(

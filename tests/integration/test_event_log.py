@@ -10,6 +10,7 @@ import pytest
 
 from events.base import Metadata
 from events.domain import DomainAdded
+from services.domain.event_content import event_content
 from services.storage.database import service_pool
 from services.storage.event_log import (
     AppendRequest,
@@ -197,21 +198,9 @@ async def test_the_hash_chain_is_recomputable_outside_the_database(log, db_url) 
     prev = GENESIS
     for r in rows:
         assert bytes(r["prev_hash"]) == prev
-        content = content_hash(
-            *[
-                r[k]
-                for k in (
-                    "stream_id",
-                    "event_id",
-                    "command_id",
-                    "command_index",
-                    "type",
-                    "schema_version",
-                    "data",
-                    "metadata",
-                )
-            ]
-        )
+        fields = ("stream_id", "event_id", "command_id", "command_index", "type",
+                  "schema_version", "data")  # fmt: skip
+        content = content_hash(event_content(*[r[k] for k in fields]), r["metadata"])
         computed = event_hash(prev, r["position"], r["stream_version"], r["recorded_at"], content)
         assert computed == bytes(r["hash"])
         prev = computed

@@ -12,6 +12,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.domain.event_content import event_content
 from services.domain.writer_mac import writer_mac
 from services.storage.hash_chain import content_hash
 
@@ -42,7 +43,7 @@ def test_the_writer_mac_is_hmac_sha256_of_the_fields(key: bytes, event: tuple) -
     expected = hmac.new(
         key, b"certplane/writer-mac/v1" + _fields(*event), hashlib.sha256
     ).hexdigest()
-    assert writer_mac(key, *event) == expected
+    assert writer_mac(key, event_content(*event)) == expected
 
 
 @given(event=_event, metadata=_text)
@@ -50,12 +51,14 @@ def test_the_content_hash_is_sha256_of_the_fields_and_the_metadata(
     event: tuple, metadata: str
 ) -> None:
     expected = hashlib.sha256(b"certplane-event-v1" + _fields(*event) + _lp(metadata)).digest()
-    assert content_hash(*event, metadata) == expected
+    assert content_hash(event_content(*event), metadata) == expected
 
 
 def test_the_mac_depends_on_the_key_when_one_key_is_reused_between_events() -> None:
-    event = ("app:shop", str(uuid.uuid4()), str(uuid.uuid4()), 0, "DomainAdded", 1, "{}")
-    first = [writer_mac(bytes([n]) * 32, *event) for n in range(12)]  # more keys than cached
-    again = [writer_mac(bytes([n]) * 32, *event) for n in range(12)]
+    content = event_content(
+        "app:shop", str(uuid.uuid4()), str(uuid.uuid4()), 0, "DomainAdded", 1, "{}"
+    )
+    first = [writer_mac(bytes([n]) * 32, content) for n in range(12)]  # more keys than cached
+    again = [writer_mac(bytes([n]) * 32, content) for n in range(12)]
     assert first == again
     assert len(set(first)) == 12
