@@ -39,34 +39,34 @@ def forced_draws(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, int], str]:
     return draws
 
 
-class Log:
-    def __init__(self) -> None:
-        self.position = 0
-
-    def __call__(self, event: object, seed: str = "") -> StoredEvent:
-        self.position += 1
-        return StoredEvent(self.position, "app-shop", self.position, seed, "", 0, event,  # type: ignore[arg-type]
-                           NO_METADATA, UNREAD_AT)  # fmt: skip
+Step = tuple[object, str]  # an event and the seed (its event id) its draws derive from
 
 
-def added(host: str) -> DomainAdded:
-    return DomainAdded(app="shop", hostname=host)
+def added(host: str, seed: str) -> Step:
+    return DomainAdded(app="shop", hostname=host), seed
 
 
-def removed(host: str) -> DomainRemoved:
-    return DomainRemoved(app="shop", hostname=host)
+def removed(host: str) -> Step:
+    return DomainRemoved(app="shop", hostname=host), ""
 
 
-async def targets(conn: asyncpg.Connection) -> dict[str, str]:
-    return dict(await conn.fetch(f'select hostname, target from "{SCHEMA}".dns_targets'))
+DESTROYED: Step = (AppDestroyed(app="shop"), "")
 
 
-async def run(conn: asyncpg.Connection, guess: bool, *batches: list[StoredEvent]) -> None:
+async def allocated(conn: asyncpg.Connection, guess: bool, *batches: list[Step]) -> dict[str, str]:
+    """Each batch applied in its own transaction, positions counted from 1; the targets then."""
     projection = DnsTargetsProjection(ZONE)
     projection.guess_from = 0 if guess else 10**9  # type: ignore[misc]
+    position = 0
     for batch in batches:
+        events = []
+        for event, seed in batch:
+            position += 1
+            events.append(StoredEvent(position, "app-shop", position, seed, "", 0, event,  # type: ignore[arg-type]
+                                      NO_METADATA, UNREAD_AT))  # fmt: skip
         async with conn.transaction():
-            await projection.apply(conn, SCHEMA, batch, batch[-1].position)
+            await projection.apply(conn, SCHEMA, events, position)
+    return dict(await conn.fetch(f'select hostname, target from "{SCHEMA}".dns_targets'))
 
 
 GUESS = pytest.mark.parametrize("guess", [True, False], ids=["guessing", "looking-up"])
@@ -74,34 +74,27 @@ GUESS = pytest.mark.parametrize("guess", [True, False], ids=["guessing", "lookin
 
 @GUESS
 async def test_a_first_draw_taken_by_an_earlier_batch_is_drawn_again(conn, forced_draws, guess):
-    log = Log()
     forced_draws[("b", 0)] = "a-0"
-    await run(conn, guess, [log(added("one.test"), "a")], [log(added("two.test"), "b")])
-    assert await targets(conn) == {"one.test": "a-0", "two.test": "b-1"}
+    targets = await allocated(conn, guess, [added("one.test", "a")], [added("two.test", "b")])
+    assert targets == {"one.test": "a-0", "two.test": "b-1"}
 
 
 @GUESS
 async def test_a_target_freed_earlier_in_the_batch_is_taken_again(conn, forced_draws, guess):
-    log = Log()
     forced_draws[("b", 0)] = "a-0"
-    await run(
-        conn, guess,
-        [log(added("one.test"), "a")],
-        [log(removed("one.test")), log(added("two.test"), "b")],
-    )  # fmt: skip
-    assert await targets(conn) == {"two.test": "a-0"}
+    targets = await allocated(
+        conn, guess, [added("one.test", "a")], [removed("one.test"), added("two.test", "b")]
+    )
+    assert targets == {"two.test": "a-0"}
 
 
 @GUESS
 async def test_a_target_freed_later_in_the_batch_was_still_taken(conn, forced_draws, guess):
-    log = Log()
     forced_draws[("b", 0)] = "a-0"
-    await run(
-        conn, guess,
-        [log(added("one.test"), "a")],
-        [log(added("two.test"), "b"), log(removed("one.test"))],
-    )  # fmt: skip
-    assert await targets(conn) == {"two.test": "b-1"}
+    targets = await allocated(
+        conn, guess, [added("one.test", "a")], [added("two.test", "b"), removed("one.test")]
+    )
+    assert targets == {"two.test": "b-1"}
 
 
 @GUESS
@@ -111,25 +104,17 @@ async def test_a_draw_held_by_a_domain_added_and_removed_in_the_batch_still_coun
     """two.test collides with the table and is re-drawn; three.test collides with that
     re-draw while two.test holds it; two.test goes again. Guessing, two.test would keep its
     first draw and never be inserted, so the index could not tell."""
-    log = Log()
     forced_draws[("b", 0)] = "a-0"
     forced_draws[("c", 0)] = "b-1"
-    await run(
-        conn, guess,
-        [log(added("one.test"), "a")],
-        [log(added("two.test"), "b"), log(added("three.test"), "c"), log(removed("two.test"))],
-    )  # fmt: skip
-    assert await targets(conn) == {"one.test": "a-0", "three.test": "c-1"}
+    later = [added("two.test", "b"), added("three.test", "c"), removed("two.test")]
+    targets = await allocated(conn, guess, [added("one.test", "a")], later)
+    assert targets == {"one.test": "a-0", "three.test": "c-1"}
 
 
 @GUESS
 async def test_a_destroyed_apps_targets_are_free_after_its_destruction(conn, forced_draws, guess):
-    log = Log()
     forced_draws[("c", 0)] = "a-0"
     forced_draws[("d", 0)] = "b-0"
-    await run(
-        conn, guess,
-        [log(added("one.test"), "a"), log(added("two.test"), "b")],
-        [log(added("three.test"), "c"), log(AppDestroyed(app="shop")), log(added("four.test"), "d")],
-    )  # fmt: skip
-    assert await targets(conn) == {"four.test": "b-0"}
+    first = [added("one.test", "a"), added("two.test", "b")]
+    later = [added("three.test", "c"), DESTROYED, added("four.test", "d")]
+    assert await allocated(conn, guess, first, later) == {"four.test": "b-0"}
