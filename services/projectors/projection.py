@@ -35,6 +35,9 @@ class Projection(Protocol):
       but its own memory and what is committed (it runs on a connection of its own): a
       rebuild then folds batch N+1 while batch N is written (measured: certificates' rebuild
       25 % faster; router_config lays the batch before over the rows it reads);
+    - optional `rebuild_started(head)`: called after `reset` when a rebuild begins writing
+      into a new, empty generation (`head`: the log's last position then); router_config
+      stops asking PostgreSQL for rows of hostnames it has not written since;
     - optional `version` (1 when absent): raise it when the same log would now give
       different rows; leaders rebuild tables an older version built (see migration 009);
     - `tables` names the stable views `<name>.<table>` readers use; each selects everything

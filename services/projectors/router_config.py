@@ -67,6 +67,8 @@ def _checkpoint(position: int) -> bytes:
     return ENTRY_ENCODER.encode(ConfigCheckpoint(position=position))
 
 
+# Hostnames a rebuild remembers having written (see `rebuild_started`).
+REMEMBERED = 1_000_000
 _HOST_COLUMNS = ["hostname", "app", "endpoint", "endpoint_type", "fingerprint", "tls_policy",
                  "key_id", "position"]  # fmt: skip
 # One row per hostname, as routers get it (and as before bundles were stored apart).
@@ -116,6 +118,8 @@ class RouterConfigProjection:
         self._applied_to = 0  # the last position `apply` saw: the checkpoint routers are told
         # what the last prepared batch changed, until it is surely committed (see `prepare`)
         self._overlay: dict[str, tuple[Host, int] | None] = {}
+        # during a rebuild, the hostnames it has written rows for (see `rebuild_started`)
+        self._written: set[str] | None = None
 
     def reset(self) -> None:
         self.states.reset()
@@ -124,6 +128,15 @@ class RouterConfigProjection:
         self._overlay.clear()
         self._data_keys.clear()  # a key shredded since must not be served from memory
         self._seals.clear()
+        self._written = None
+
+    def rebuild_started(self, head: int) -> None:
+        """The rebuild writes into empty tables from here: a hostname it has not written
+        has no row, so `prepare` need not ask PostgreSQL for it. It asked for every hostname of
+        every batch: 385,000 in the benchmark's log, none found, the Python process waiting
+        ~9 % of the rebuild. The names are remembered up to `REMEMBERED` (~80 MB); past that
+        every hostname is asked for again, as before."""
+        self._written = set()
 
     def forget_publications(self) -> None:
         """During a rebuild: nothing is published until the swap (then `reconcile` is)."""
@@ -232,14 +245,17 @@ class RouterConfigProjection:
             for host in hosts_changed(before, after, change):
                 steps.append((app, host, after.endpoint_for(host), event.position))
         # Pass 2: read only the rows those hostnames have now (not every row of their apps).
-        hosts = sorted({host for _, host, _, _ in steps})
-        for r in await conn.fetch(  # one string, not an array of thousands to encode
-            f"select hostname, app, endpoint, endpoint_type, fingerprint, tls_policy, key_id,"
-            f' position from "{schema}".router_hosts'
-            " where hostname = any(string_to_array($1, E'\\n'))",
-            "\n".join(hosts),
-        ):
-            rows[r[0]] = (tuple(r[1:7]), r[7])
+        hosts = {host for _, host, _, _ in steps}
+        written = self._written
+        asked = hosts if written is None else written.intersection(hosts)
+        if asked:
+            for r in await conn.fetch(  # one string, not an array of thousands to encode
+                f"select hostname, app, endpoint, endpoint_type, fingerprint, tls_policy, key_id,"
+                f' position from "{schema}".router_hosts'
+                " where hostname = any(string_to_array($1, E'\\n'))",
+                "\n".join(asked),
+            ):
+                rows[r[0]] = (tuple(r[1:7]), r[7])
         for host in hosts:
             if host in self._overlay:
                 rows[host] = self._overlay[host]
@@ -262,6 +278,10 @@ class RouterConfigProjection:
                 rows[host] = (row, position)
                 changed.add(host)
         self._overlay = {h: rows[h] for h in changed}
+        if written is not None:
+            written.update(changed)
+            if len(written) > REMEMBERED:
+                self._written = None
         changes = {h: rows[h] for h in changed}
         kept = {v[0][5] for v in changes.values() if v is not None}
         await self._prefetch_data_keys(conn, [serving[k] for k in kept])

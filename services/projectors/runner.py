@@ -348,6 +348,9 @@ class ProjectorRunner:
         self.projection.reset()
         position, started = 0, time.perf_counter()
         head, reported = await store.head(conn), started
+        begin = getattr(self.projection, "rebuild_started", None)
+        if begin is not None:  # e.g. router_config stops asking for rows it has not written
+            begin(head)
         await self._reader.discard()
         types = self.projection.event_types
         reader = BatchReader(self._reader.conn, self.rebuild_batch, types, envelope=self._envelope)

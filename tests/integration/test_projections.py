@@ -293,6 +293,80 @@ async def test_a_rebuild_in_many_batches_equals_the_live_rows_and_a_failed_one_k
         await conn.close()
 
 
+async def test_a_rebuild_changes_and_deletes_rows_it_wrote_many_batches_before(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """router_config's rebuild asks PostgreSQL only for the rows of hostnames it has written
+    (the others cannot have one yet): a hostname written early and updated or removed many
+    batches later must still be found, or the rebuild would insert it twice or keep it."""
+    from services.projectors.service import build
+
+    async def filler(n: int) -> int:
+        for k in range(n):
+            host = f"f{k}-{uuid.uuid4().hex[:6]}.filler.example"
+            position = (await cp.command(AddDomain(app="filler", hostname=host))).position
+        return position
+
+    async def served() -> list[tuple[str, ...]]:
+        return sorted((await snapshot(db_url))["router_config.router_config"])
+
+    await cp.command(CreateApp(app="far"))
+    await cp.command(CreateApp(app="filler"))
+    for host in ("www.far.example.com", "api.far.example.com", "old.far.example.com"):
+        await cp.command(AddDomain(app="far", hostname=host))
+    first = ca.leaf("*.far.example.com")
+    await add_cert(cp, "far", [first.cert_pem, ca.intermediate.cert_pem], first.key_pem)
+    await projected(cp, await filler(6))
+    early = await served()
+    second = ca.leaf("*.far.example.com")
+    await update_cert(cp, "far", [second.cert_pem, ca.intermediate.cert_pem], second.key_pem)
+    await filler(6)
+    await cp.command(RemoveDomain(app="far", hostname="old.far.example.com"))
+    head = await filler(3)
+    await projected(cp, head)
+    live = await served()
+    assert [r[0] for r in early] == [f"{h}.far.example.com" for h in ("api", "old", "www")]
+    assert [r[0] for r in live] == ["api.far.example.com", "www.far.example.com"]
+    assert {r[5] for r in live}.isdisjoint(r[5] for r in early)  # the new fingerprint
+
+    projection = build("router_config", settings, None)
+    projection.name = "router_config_far"
+    runner = ProjectorRunner(projection, db_url, batch_size=2, rebuild_batch=2, poll_interval=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    conn = await asyncpg.connect(db_url)
+
+    async def until(check) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(400):
+            if task.done():
+                task.result()  # a crashed runner says why
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("timed out")
+
+    async def generation() -> int:
+        return await conn.fetchval(
+            "select generation from projector_checkpoints where name = 'router_config_far'"
+        )
+
+    try:
+        await until(lambda: _true(runner.position == head))
+        assert runner.request_rebuild()  # in batches of 2: ~25 of them after the first rows
+        await until(lambda: _equal(generation(), 2))
+        await until(lambda: _true(runner.position == head))
+        rebuilt = await conn.fetch('select * from "router_config_far"."router_config"')
+        assert sorted(tuple(str(v) for v in r.values()) for r in rebuilt) == live
+        status = await conn.fetchval(
+            "select detail from projector_status where name = 'router_config_far'"
+        )
+        assert status == "generation 2", status  # not "rebuild failed: ..."
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await conn.close()
+
+
 class PausesHalfWay:
     """A projection whose fold waits at the batch holding `pause_at` until `go` is set."""
 
