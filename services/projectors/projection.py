@@ -43,8 +43,9 @@ class Projection(Protocol):
     - `tables` names the stable views `<name>.<table>` readers use; each selects everything
       from the generation's table of that name, unless optional `views(schema)` gives each
       view's query (router_config joins two tables into one row per hostname);
-    - optional `configure(conn)`: sets up the connection its tables are written on (audit:
-      a cheaper timestamp encoder), once per connection;
+    - optional `configure(conn)`: sets up the connections its tables are written and (by
+      `prepare`) read on (audit: a cheaper timestamp encoder; router_config: fresh plans),
+      once per connection;
     - optional `observe(conn, schema)`: refreshes what the projection reports as metrics of
       its own (certificates: how many expire soon); run by the leader every
       CERTPLANE_METRICS_INTERVAL seconds, and only when metrics are on.

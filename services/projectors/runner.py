@@ -161,9 +161,10 @@ class ProjectorRunner:
         }
         return await asyncpg.connect(self.url, server_settings=settings)
 
-    async def _writer(self) -> asyncpg.Connection:
-        """The connection the projection's tables are written on, as the projection wants it."""
-        conn = await self._connect()
+    async def _writer(self, purpose: str = "") -> asyncpg.Connection:
+        """A connection to the projection's tables, set up as the projection wants it: the
+        one they are written on, or (`purpose` "fold") the one `prepare` reads them on."""
+        conn = await self._connect(purpose)
         configure = getattr(self.projection, "configure", None)
         if configure is not None:
             try:
@@ -360,7 +361,7 @@ class ProjectorRunner:
         # A projection that folds without reading its own tables (`prepare`, then `write`)
         # folds batch N+1 while batch N is written; it reads the log on a connection of its own.
         prepare = getattr(self.projection, "prepare", None)
-        folding = await self._connect("fold") if prepare is not None else None
+        folding = await self._writer("fold") if prepare is not None else None
         staged: object = None
         try:
             rows = await reader.after(position)
