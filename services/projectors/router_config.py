@@ -133,9 +133,9 @@ class RouterConfigProjection:
     def rebuild_started(self, head: int) -> None:
         """The rebuild writes into empty tables from here: a hostname it has not written
         has no row, so `prepare` need not ask PostgreSQL for it. It asked for every hostname of
-        every batch: 385,000 in the benchmark's log, none found, the Python process waiting
-        ~9 % of the rebuild. The names are remembered up to `REMEMBERED` (~80 MB); past that
-        every hostname is asked for again, as before."""
+        every batch: 385,000 in the benchmark's log, none found (1.3 s of a 14.6 s rebuild
+        waited on those answers; PostgreSQL now spends ~0.7 s less). The names are
+        remembered up to `REMEMBERED` (~80 MB); past that every hostname is asked for again."""
         self._written = set()
 
     def forget_publications(self) -> None:
