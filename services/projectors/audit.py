@@ -168,6 +168,9 @@ class AuditProjection:
     name = "audit"
     tables = ("audit_log",)
     event_types = None  # every event is audited
+    # when, who (actor, trace) and which command; not the event id and index, which
+    # PostgreSQL then does not send nor asyncpg parse, per row of a rebuild
+    envelope = frozenset({"recorded_at", "metadata", "command_id"})
     # 2: summaries name at most LISTED hostnames per list ("and 9,990 more")
     version = 2
 

@@ -823,7 +823,7 @@ async def test_the_audit_log_keeps_each_event_s_time_to_the_microsecond(
 async def test_projections_are_sent_only_the_envelope_fields_they_read(cp, db_url) -> None:
     import inspect
 
-    from services.projectors import certificates, dns_targets, router_config, store
+    from services.projectors import audit, certificates, dns_targets, router_config, store
     from services.projectors.app_states import APP_EVENT_TYPES
     from services.storage.event_log import ENVELOPE_COLUMNS, NO_METADATA, UNREAD_AT
 
@@ -857,7 +857,8 @@ async def test_projections_are_sent_only_the_envelope_fields_they_read(cp, db_ur
     # a projection reads no envelope field it does not declare: it would get blanks
     for module, projection in ((certificates, certificates.CertificatesProjection),
                                (dns_targets, dns_targets.DnsTargetsProjection),
-                               (router_config, router_config.RouterConfigProjection)):  # fmt: skip
+                               (router_config, router_config.RouterConfigProjection),
+                               (audit, audit.AuditProjection)):  # fmt: skip
         source = inspect.getsource(module)
         unread = set(ENVELOPE_COLUMNS) - projection.envelope
         assert unread and not [f for f in unread if f".{f}" in source], module
