@@ -16,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -36,10 +37,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    state = Path(os.environ.get("CERTPLANE_TEST_STATE_DIR") or tmp_path_factory.mktemp("state"))
-    with servers_for(Settings.from_env(), state) as settings:
-        yield settings
+def servers() -> Iterator[Settings]:
+    # Not under pytest's numbered temporary directories: another pytest run on the machine
+    # rotates those away (it keeps the last three), embedded servers' data and sockets with
+    # them, mid-run (seen: a test run beside CI's embedded pass failed 150 of its tests).
+    given = os.environ.get("CERTPLANE_TEST_STATE_DIR")
+    with contextlib.ExitStack() as stack:
+        state = Path(
+            given
+            or stack.enter_context(tempfile.TemporaryDirectory(prefix="certplane-test-state-"))
+        )
+        with servers_for(Settings.from_env(), state) as settings:
+            yield settings
 
 
 async def _admin(url: str, sql: str) -> None:
