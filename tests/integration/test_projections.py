@@ -153,6 +153,70 @@ async def test_a_rebuild_from_zero_equals_the_live_projection_and_republishes_no
     assert await kv_revisions(settings) == published  # not one republished entry
 
 
+async def test_after_a_rebuild_the_projectors_go_on_and_routers_hear_of_each_change(
+    cp, projectors, ca, settings, db_url
+) -> None:
+    """After a rebuild swapped in, the projectors go on with commands that change apps from
+    before it (a renewal, a removed domain, a certificate on an app whose last one was
+    removed): routers are told of each change, and every projection's rows equal those a
+    fresh catch-up of the whole log gives."""
+    from services.projectors.service import build
+
+    head = await busy_history(cp, ca)
+    await projected(cp, head)
+    subjects = Subjects(settings.prefix)
+    for name in PROJECTIONS:
+        reply = QUERY_REPLY_DECODER.decode(await cp.raw_request(subjects.rebuild(name)))
+        assert isinstance(reply, RebuildStarted)
+    for _ in range(300):
+        if await generations(db_url) == dict.fromkeys(PROJECTIONS, 2):
+            break
+        await asyncio.sleep(0.05)
+    assert await generations(db_url) == dict.fromkeys(PROJECTIONS, 2)
+    renewed = ca.leaf("*.s1.example.com")  # shop-1's domains, served by its certificate
+    await update_cert(cp, "shop-1", [renewed.cert_pem, ca.intermediate.cert_pem], renewed.key_pem)
+    await cp.command(RemoveDomain(app="shop-2", hostname="www.s2.example.com"))
+    fresh = ca.leaf("*.s3.example.com")  # shop-3's certificate was removed before the rebuild
+    await add_cert(cp, "shop-3", [fresh.cert_pem, ca.intermediate.cert_pem], fresh.key_pem)
+    head = (await cp.command(AddDomain(app="shop-4", hostname="late.s4.example.com"))).position
+    await projected(cp, head)
+    await kv_published(settings, head)
+    live = await snapshot(db_url)
+    served = {r[0] for r in live["router_config.router_config"]}
+    assert {"www.s1.example.com", "www.s3.example.com", "late.s4.example.com"} <= served
+    assert "www.s2.example.com" not in served
+    published = await kv_revisions(settings)  # and routers were told: exactly those hostnames
+    assert set(published) == {kv_key(h) for h in served}
+    renewed_entry = msgspec.json.decode(
+        published[kv_key("www.s1.example.com")][1], type=RouterConfigEntry
+    )
+    assert renewed_entry.chain_pem.startswith(renewed.cert_pem.decode().strip())
+    stop = asyncio.Event()
+    runners = []
+    for name in PROJECTIONS:
+        projection = build(name, settings, None)
+        projection.name = f"{name}_fresh"
+        runners.append(ProjectorRunner(projection, db_url, poll_interval=0.1))
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for _ in range(300):
+            if all(r.position == head for r in runners):
+                break
+            await asyncio.sleep(0.05)
+        assert {r.name: r.position for r in runners} == {f"{n}_fresh": head for n in PROJECTIONS}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    conn = await asyncpg.connect(db_url)
+    try:
+        for view, rows in live.items():
+            schema, table = view.split(".")
+            again = await conn.fetch(f'select * from "{schema}_fresh"."{table}"')
+            assert sorted(tuple(str(v) for v in r.values()) for r in again) == rows, view
+    finally:
+        await conn.close()
+
+
 async def test_catching_up_in_small_batches_gives_the_same_rows_and_passes_unread_events(
     cp, projectors, ca, settings, db_url
 ) -> None:
