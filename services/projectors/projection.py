@@ -38,6 +38,9 @@ class Projection(Protocol):
     - optional `rebuild_started(head)`: called after `reset` when a rebuild begins writing
       into a new, empty generation (`head`: the log's last position then); router_config
       stops asking PostgreSQL for rows of hostnames it has not written since;
+    - optional `rebuild_finished()`: called instead of `reset` once a rebuild has swapped in;
+      a projection whose folded state holds at the rebuild's last position, where the live
+      runner goes on, keeps it and drops only what the rebuild alone needed;
     - optional `version` (1 when absent): raise it when the same log would now give
       different rows; leaders rebuild tables an older version built (see migration 009);
     - `tables` names the stable views `<name>.<table>` readers use; each selects everything

@@ -138,6 +138,16 @@ class RouterConfigProjection:
         remembered up to `REMEMBERED` (~80 MB); past that every hostname is asked for again."""
         self._written = set()
 
+    def rebuild_finished(self) -> None:
+        """The rebuilt tables serve now, from the position the fold reached: the app states,
+        data keys and seals folded on the way hold there and stay (freeing ~77,000 app
+        states took 195 ms of the benchmark's 6 s rebuild, and the first live batches read
+        each app's stream again); what only a rebuild uses goes."""
+        self._dirty.clear()
+        self._rebuilding = False
+        self._overlay = {}
+        self._written = None
+
     def forget_publications(self) -> None:
         """During a rebuild: nothing is published until the swap (then `reconcile` is)."""
         self._dirty.clear()

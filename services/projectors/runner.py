@@ -433,7 +433,11 @@ class ProjectorRunner:
             self.name, position, generation, seconds, position / seconds if seconds else 0.0,
         )  # fmt: skip
         self.position = position
-        self.projection.reset()
+        finished = getattr(self.projection, "rebuild_finished", None)
+        if finished is not None:  # what it folded holds at `position`: it goes on from there
+            finished()
+        else:
+            self.projection.reset()
         self.state = State.RUNNING
         detail = f"generation {generation}"
         await store.set_status(conn, self.name, self.instance, self.state.value, detail)
