@@ -153,6 +153,40 @@ async def test_a_rebuild_from_zero_equals_the_live_projection_and_republishes_no
     assert await kv_revisions(settings) == published  # not one republished entry
 
 
+async def caught_up_anew(
+    settings, db_url: str, head: int, live: dict[str, list[tuple[object, ...]]], suffix: str,
+    **runner_options: object,
+) -> None:  # fmt: skip
+    """Fresh runners of every projection (named `<name><suffix>`, no KV: the live projector
+    publishes) catch up from position 0 to `head` and give exactly the `live` rows."""
+    from services.projectors.service import build
+
+    stop = asyncio.Event()
+    runners = []
+    for name in PROJECTIONS:
+        projection = build(name, settings, None)
+        projection.name = f"{name}{suffix}"
+        runners.append(ProjectorRunner(projection, db_url, poll_interval=0.1, **runner_options))  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    try:
+        for _ in range(300):
+            if all(r.position == head for r in runners):
+                break
+            await asyncio.sleep(0.05)
+        assert {r.name: r.position for r in runners} == {f"{n}{suffix}": head for n in PROJECTIONS}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    conn = await asyncpg.connect(db_url)
+    try:
+        for view, rows in live.items():
+            schema, table = view.split(".")
+            again = await conn.fetch(f'select * from "{schema}{suffix}"."{table}"')
+            assert sorted(tuple(str(v) for v in r.values()) for r in again) == rows, view
+    finally:
+        await conn.close()
+
+
 async def test_after_a_rebuild_the_projectors_go_on_and_routers_hear_of_each_change(
     cp, projectors, ca, settings, db_url
 ) -> None:
@@ -160,7 +194,6 @@ async def test_after_a_rebuild_the_projectors_go_on_and_routers_hear_of_each_cha
     before it (a renewal, a removed domain, a certificate on an app whose last one was
     removed): routers are told of each change, and every projection's rows equal those a
     fresh catch-up of the whole log gives."""
-    from services.projectors.service import build
 
     head = await busy_history(cp, ca)
     await projected(cp, head)
@@ -191,30 +224,7 @@ async def test_after_a_rebuild_the_projectors_go_on_and_routers_hear_of_each_cha
         published[kv_key("www.s1.example.com")][1], type=RouterConfigEntry
     )
     assert renewed_entry.chain_pem.startswith(renewed.cert_pem.decode().strip())
-    stop = asyncio.Event()
-    runners = []
-    for name in PROJECTIONS:
-        projection = build(name, settings, None)
-        projection.name = f"{name}_fresh"
-        runners.append(ProjectorRunner(projection, db_url, poll_interval=0.1))
-    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
-    try:
-        for _ in range(300):
-            if all(r.position == head for r in runners):
-                break
-            await asyncio.sleep(0.05)
-        assert {r.name: r.position for r in runners} == {f"{n}_fresh": head for n in PROJECTIONS}
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-    conn = await asyncpg.connect(db_url)
-    try:
-        for view, rows in live.items():
-            schema, table = view.split(".")
-            again = await conn.fetch(f'select * from "{schema}_fresh"."{table}"')
-            assert sorted(tuple(str(v) for v in r.values()) for r in again) == rows, view
-    finally:
-        await conn.close()
+    await caught_up_anew(settings, db_url, head, live, "_fresh")
 
 
 async def test_catching_up_in_small_batches_gives_the_same_rows_and_passes_unread_events(
@@ -223,36 +233,12 @@ async def test_catching_up_in_small_batches_gives_the_same_rows_and_passes_unrea
     """Batches of 3 (each read ahead on the runner's second connection), many of them holding
     only events a projection does not read, give the rows of the live projectors; and the
     checkpoint reaches the head even when the head is such an event."""
-    from services.projectors.service import build
 
     await busy_history(cp, ca)
     head = (await cp.command(CreateApp(app="last"))).position  # AppCreated: no DNS change
     await projected(cp, head)
     live = await snapshot(db_url)
-    stop = asyncio.Event()
-    runners = []
-    for name in PROJECTIONS:
-        projection = build(name, settings, None)  # no KV: the live projector publishes
-        projection.name = f"{name}_small"
-        runners.append(ProjectorRunner(projection, db_url, batch_size=3, poll_interval=0.1))
-    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
-    try:
-        for _ in range(300):
-            if all(r.position == head for r in runners):
-                break
-            await asyncio.sleep(0.05)
-        assert {r.name: r.position for r in runners} == {f"{n}_small": head for n in PROJECTIONS}
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-    conn = await asyncpg.connect(db_url)
-    try:
-        for view, rows in live.items():
-            schema, table = view.split(".")
-            small = await conn.fetch(f'select * from "{schema}_small"."{table}"')
-            assert sorted(tuple(str(v) for v in r.values()) for r in small) == rows, view
-    finally:
-        await conn.close()
+    await caught_up_anew(settings, db_url, head, live, "_small", batch_size=3)
 
 
 class FailsOnce:
