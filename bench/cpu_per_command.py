@@ -7,7 +7,8 @@ the same window as the commands counted) moves much less, and says which process
 helped. Also reports the mean group-commit batch (distinct `recorded_at` per batch).
 
     .venv/bin/python bench/cpu_per_command.py [--clients 64] [--seconds 8]
-        [--command add-domain|add-cert-ec|add-cert-rsa]
+        [--command add-domain|add-cert-ec|add-cert-rsa] [--gateways N] [--apps N]
+        [--gateway-command bench/lean_gateway.py]
 
 Alternate old and new code (`git stash` / `git stash pop` between runs), two runs each at
 least. Linux only (/proc).
@@ -100,6 +101,11 @@ async def main() -> None:
     parser.add_argument(
         "--apps", type=int, default=0, help="apps the clients share (default: one app each)"
     )
+    parser.add_argument(
+        "--gateway-command",
+        default="-m services.cli.main gateway",
+        help="what Python runs as the gateway (an experiment: bench/lean_gateway.py)",
+    )
     opts = parser.parse_args()
     base = Settings.from_env()
     url = await scratch_database(base.database_url, "cpbench_cpu")
@@ -119,8 +125,7 @@ async def main() -> None:
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
     gateways = [
-        start([sys.executable, "-m", "services.cli.main", "gateway"], env)
-        for _ in range(opts.gateways)
+        start([sys.executable, *opts.gateway_command.split()], env) for _ in range(opts.gateways)
     ]
     nc = await nats.connect(base.nats_url)
     try:
