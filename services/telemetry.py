@@ -152,6 +152,11 @@ def metrics_enabled() -> bool:
     return _metrics_on
 
 
+def tracing_enabled() -> bool:
+    """Whether spans are recorded (an SDK was installed by `setup_tracing`)."""
+    return _configured
+
+
 def setup_tracing(service: str) -> None:
     """Install an SDK tracer provider if the environment asks for exporters."""
     global _configured

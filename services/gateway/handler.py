@@ -137,6 +137,10 @@ class _KeyedLocks:
         await lock.acquire()
         return _Held(self, key, lock)
 
+    def busy(self, key: str) -> bool:
+        """Whether a command holds or waits for this key's lock."""
+        return key in self._locks
+
     def release(self, key: str, lock: asyncio.Lock) -> None:
         lock.release()
         _, users = self._locks[key]
@@ -207,7 +211,7 @@ def rejected_reply(error: RejectedError) -> Rejected:
 
 
 # (request, decision, expected versions, states after it by stream, its append)
-_Submitted = tuple[
+Submitted = tuple[
     AppendRequest,
     Decision,
     dict[str, int],
@@ -362,27 +366,12 @@ class CommandHandler:
                 continue
             if step is None:  # refused on an assumption, now replaced by facts
                 continue
-            request, decision, versions, after, submitted = step
             try:
-                result = await submitted
+                result = await step[4]
             finally:
-                self._settle(request, submitted)
+                self._settle(step[0], step[4])
             if result.status is AppendStatus.OK:
-                for stream, (version, state) in after.items():
-                    if version != versions[stream]:
-                        self._cache.advance(stream, versions[stream], version, state)
-                app_positions = [
-                    v
-                    for (s, _), v in zip(decision.events, result.versions, strict=True)
-                    if s == app_id
-                ]
-                return Accepted(
-                    stream=app_id,
-                    version=app_positions[-1] if app_positions else versions[app_id],
-                    position=max(result.positions),
-                    events=[e for _, e in decision.events],  # type: ignore[misc]
-                    warnings=decision.warnings,
-                )
+                return self._accepted(app_id, step, result)
             if result.status is AppendStatus.DUPLICATE:
                 return accepted_from_stored(await self._log.read_command(envelope.id))
             self.conflicts += 1
@@ -415,7 +404,7 @@ class CommandHandler:
         cert: app_aggregate.PreparedCert | None,
         new_keys: list[NewDataKey],
         settled: bool,
-    ) -> _Submitted | _Unsettled | _Behind | None:
+    ) -> Submitted | _Unsettled | _Behind | None:
         """Under the app's lock: decide, and hand the events to the group commit."""
         command = envelope.command
         assert not isinstance(command, SkipProjection)
@@ -469,6 +458,25 @@ class CommandHandler:
             # Appended at the settled versions it would conflict with those pending appends
             # and, being pending itself, misguide the commands decided after it.
             return _BEHIND
+        return self._submit(
+            envelope, traceparent, decision, versions, app_state, hostnames, new_keys, requires
+        )
+
+    def _submit(
+        self,
+        envelope: CommandEnvelope,
+        traceparent: str,
+        decision: Decision,
+        versions: dict[str, int],
+        app_state: AppState,
+        hostnames: dict[str, HostnameState],
+        new_keys: list[NewDataKey],
+        requires: list[asyncio.Future[AppendResult]],
+    ) -> Submitted:
+        """Hand a decision's events to the group commit; what the streams become is pending
+        until the append settles. Synchronous: nothing may change the states in between."""
+        app_id = next(iter(versions))  # the app's stream comes first
+        app_version = versions[app_id]
         metadata = _metadata(envelope, traceparent, decision.warnings)
         shred = [
             key_id
@@ -497,6 +505,98 @@ class CommandHandler:
             if version != versions[stream]:
                 self._pending[stream] = (version, state, submitted)
         return request, decision, versions, after, submitted
+
+    def _accepted(self, app_id: str, step: Submitted, result: AppendResult) -> Accepted:
+        """The reply to an appended command; its streams' states become the cached ones."""
+        _, decision, versions, after, _ = step
+        for stream, (version, state) in after.items():
+            if version != versions[stream]:
+                self._cache.advance(stream, versions[stream], version, state)
+        app_positions = [
+            v for (s, _), v in zip(decision.events, result.versions, strict=True) if s == app_id
+        ]
+        return Accepted(
+            stream=app_id,
+            version=app_positions[-1] if app_positions else versions[app_id],
+            position=max(result.positions),
+            events=[e for _, e in decision.events],  # type: ignore[misc]
+            warnings=decision.warnings,
+        )
+
+    def submit_known(self, envelope: CommandEnvelope, traceparent: str) -> Submitted | None:
+        """The fast path: decide a command on states already in hand and hand its events to
+        the group commit, synchronously; None if it needs `handle` (the slow path).
+
+        Most commands under load are small ones on apps whose states are cached or pending,
+        and are accepted. For them the slow path's task, per-app lock and chain of
+        coroutines cost a third of the gateway's CPU (bench/lean_gateway.py). Deciding in
+        the message callback itself keeps the order the app's lock keeps: commands are
+        decided one after another, each on the state the last one makes. Everything else
+        goes the slow way, which reads, waits and retries: a command that needs a bundle
+        worker, reads the log or is refused (a refusal is only given on appended facts, and
+        a retried command's may be answered by the log), and any app a slow command is
+        deciding (its lock is taken or awaited).
+        """
+        command = envelope.command
+        if isinstance(command, SkipProjection | AddCert | UpdateCert):
+            return None
+        app_id = app_stream(command.app)
+        if self._app_locks.busy(app_id):
+            return None
+        try:
+            self._require_uuid(envelope.id)
+        except RejectedError:
+            return None
+        app = self._known(app_id, settled=False)
+        if app is None:
+            return None
+        app_version, app_state = app
+        requires: list[asyncio.Future[AppendResult]] = []
+        entry = self._pending.get(app_id)
+        if entry is not None:
+            requires.append(entry[2])
+        versions = {app_id: app_version}
+        hostnames: dict[str, HostnameState] = {}
+        for host in app_aggregate.related_hostnames(app_state, command):
+            stream = hostname_stream(host)
+            entry = self._pending.get(stream)
+            if entry is not None:
+                requires.append(entry[2])
+            known = self._known(stream, settled=False)
+            if known is None:
+                if host in app_state.domains:
+                    return None  # claimed, so its stream exists: the slow path reads it
+                known = (0, _initial(stream))  # mostly new: the append's version check proves it
+            versions[stream], hostnames[host] = known
+        try:
+            decision = app_aggregate.decide(
+                app_state, hostnames, command, now=self._clock(), seed=envelope.id, cert=None
+            )
+        except RejectedError:
+            return None
+        return self._submit(
+            envelope, traceparent, decision, versions, app_state, hostnames, [], requires
+        )
+
+    def finish_known(self, step: Submitted) -> Accepted | None:
+        """A fast-path command's append settled (call it as soon as it has): the reply, or
+        None if the command must go the slow way after all (a conflict, a repeated command
+        id, a failed append: the slow path decides again, retries or reads the log)."""
+        request, _, _, _, submitted = step
+        self._settle(request, submitted)
+        if submitted.cancelled() or submitted.exception() is not None:
+            return None
+        result = submitted.result()
+        if result.status is AppendStatus.OK:
+            return self._accepted(next(iter(request.expected)), step, result)
+        if result.status is AppendStatus.CONFLICT:
+            self.conflicts += 1
+            app_id = next(iter(request.expected))
+            if self._affinity is not None and result.stream == app_id:
+                # Another gateway may be winning the app's stream: then the slow path hands
+                # this command, and the app's next ones, to that gateway (see `affinity`).
+                self._affinity.contended(stream_key(app_id))
+        return None
 
     def _settle(self, request: AppendRequest, submitted: asyncio.Future[AppendResult]) -> None:
         """Forget what this append made pending. If it failed, forget what later commands

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
 
-from events.codec import COMMAND_DECODER, encode
+from events.codec import COMMAND_DECODER, CommandEnvelope, encode
 from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from events.union import tag_of
 from services.bus import connect_nats
@@ -23,7 +25,7 @@ from services.gateway.affinity import Affinity
 from services.gateway.bundle_workers import BundleWorkers, WorkerLost, default_count
 from services.gateway.coherence import announcements, appended_events, read_announcement
 from services.gateway.group_commit import GroupCommitter
-from services.gateway.handler import CommandHandler, Forward, rejected_reply
+from services.gateway.handler import CommandHandler, Forward, Submitted, rejected_reply
 from services.gateway.key_custody import KeyCustody, load_master_key
 from services.gateway.queries import ReadModels
 from services.gateway.trust import load_trust_store
@@ -32,7 +34,7 @@ from services.reply_parts import respond_in_parts
 from services.storage.database import require_schema, service_pool
 from services.storage.event_log import AppendRequest, AppendResult, PostgresEventLog
 from services.subjects import GATEWAY_QUEUE, NON_APP, Subjects
-from services.telemetry import command_span, gateway_metrics
+from services.telemetry import command_span, gateway_metrics, new_traceparent, tracing_enabled
 
 log = logging.getLogger("certplane.gateway")
 _PARAMS = msgspec.json.Decoder(QueryParams)
@@ -57,6 +59,12 @@ class Gateway:
         self.id = secrets.token_hex(8)  # tells its own announcements from the others'
         self.nc: Any = None
         self.metrics = gateway_metrics()  # None unless CERTPLANE_METRICS_EXPORT is set
+        # Commands on the fast path (see `_fast_command`) whose appends have settled, with
+        # their replies (None: it goes the slow way after all), answered by `_answer`.
+        self._answers: deque[tuple[Msg, CommandEnvelope, Accepted | None, float]] = deque()
+        self._answering = asyncio.Event()
+        self.fast_in_flight = 0
+        self.fast_commands = 0
 
     async def __aenter__(self) -> Gateway:
         s = self.settings
@@ -86,6 +94,8 @@ class Gateway:
         )
         if self.metrics is not None:
             self.metrics.count_conflicts(lambda: self.handler.conflicts)
+        answering = asyncio.create_task(self._answer(), name="gateway-answers")
+        self._stack.push_async_callback(_cancelled, answering)
         self.read_models = ReadModels(self.pool)
         # no_echo: its own announcements would only cost this gateway a decode per batch
         self.nc = await connect_nats(s.nats_url, "certplane-gateway", no_echo=True)
@@ -112,15 +122,95 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             await self.nc.drain()  # stop taking messages, finish the ones in hand
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+        deadline = time.monotonic() + 10
+        while (self._tasks or self.fast_in_flight) and time.monotonic() < deadline:
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=deadline - time.monotonic())
+            else:  # fast-path commands are not tasks: their appends settle, then `_answer`
+                await asyncio.sleep(0.01)
         await self._stack.aclose()
 
     async def _spawn_command(self, msg: Msg) -> None:
         await self._slots.acquire()
-        task = asyncio.create_task(self._on_command(msg))
+        started = time.perf_counter()
+        envelope = self._fast_command(msg, started)
+        if envelope is not True:  # not taken: the slow path (True: taken)
+            self._spawn_slow(msg, envelope)
+
+    def _spawn_slow(self, msg: Msg, envelope: CommandEnvelope | None) -> None:
+        """The slow path: a task per command (the slot taken is released when it ends)."""
+        task = asyncio.create_task(self._on_command(msg, envelope))
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def _fast_command(self, msg: Msg, started: float) -> CommandEnvelope | Literal[True] | None:
+        """Decide the command here, in the message callback, if the handler can
+        (`CommandHandler.submit_known`): True if it did; else the envelope if it was read
+        (None if not), for the slow path. Its reply is sent by `_answer` once its append
+        settles. Not with spans to record (they wrap the slow path's steps), nor for a
+        command another gateway forwarded or that belongs to one (see `affinity`)."""
+        headers = msg.headers
+        if tracing_enabled() or (headers and FORWARDED_HEADER in headers):
+            return None
+        subject = msg.subject
+        if subject.count(".") < 3:
+            return None
+        app = subject.rsplit(".", 2)[-2]
+        if self.affinity.owner(app) is not None:
+            return None
+        try:
+            envelope = COMMAND_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            return None  # the slow path says what is wrong with it
+        if getattr(envelope.command, "app", NON_APP) != app:
+            return envelope
+        traceparent = (headers.get("traceparent") if headers else None) or new_traceparent()
+        step = self.handler.submit_known(envelope, traceparent)
+        if step is None:
+            return envelope
+        self.fast_in_flight += 1
+        step[4].add_done_callback(
+            functools.partial(self._fast_settled, msg, envelope, step, started)
+        )
+        return True
+
+    def _fast_settled(
+        self, msg: Msg, envelope: CommandEnvelope, step: Submitted, started: float, _: object
+    ) -> None:
+        # Settled at once, not when `_answer` runs: the app's next command decides on it.
+        try:
+            reply = self.handler.finish_known(step)
+        except Exception:  # never leave a command unanswered: the slow path takes it
+            log.exception("command %s: settling its append failed", envelope.id)
+            reply = None
+        self._answers.append((msg, envelope, reply, started))
+        self._answering.set()
+
+    async def _answer(self) -> None:
+        """Reply to the fast path's commands as their appends settle; hand the ones that
+        failed (a conflict, a repeated id, an error) to the slow path, slot and all."""
+        answers = self._answers
+        while True:
+            await self._answering.wait()
+            self._answering.clear()
+            while answers:
+                msg, envelope, reply, started = answers.popleft()
+                self.fast_in_flight -= 1
+                if reply is None:
+                    self._spawn_slow(msg, envelope)
+                    continue
+                self.fast_commands += 1
+                try:
+                    if self.metrics is not None:
+                        tag = tag_of(type(envelope.command))
+                        self.metrics.command(tag, "accepted", time.perf_counter() - started)
+                    log.debug(
+                        "command %s for %s accepted at position %d",
+                        envelope.id, msg.subject, reply.position,
+                    )  # fmt: skip
+                    await self._respond(msg, reply)
+                finally:
+                    self._slots.release()
 
     async def _spawn_forwarded_command(self, msg: Msg) -> None:
         """Handed over by another gateway (see `affinity`): no slot of this one's, since
@@ -142,7 +232,7 @@ class Gateway:
         self._slots.release()
         _log_failure(task)
 
-    async def _on_command(self, msg: Msg) -> None:
+    async def _on_command(self, msg: Msg, envelope: CommandEnvelope | None = None) -> None:
         started = time.perf_counter()
         forwarded_by = (msg.headers or {}).get(FORWARDED_HEADER)
         app = msg.subject.rsplit(".", 2)[-2] if msg.subject.count(".") >= 3 else ""
@@ -152,14 +242,14 @@ class Gateway:
         if owner is not None and await self._forward(msg, app, owner):
             return
         try:
-            tag, reply = await self._decide(msg, forwardable=not forwarded_by)
+            tag, reply = await self._decide(msg, envelope, forwardable=not forwarded_by)
         except Forward as handover:  # contended while deciding: the owner takes it
             log.info(
                 "app %s is contended: handing its commands to gateway %s", app, handover.gateway
             )
             if await self._forward(msg, app, handover.gateway):
                 return
-            tag, reply = await self._decide(msg, forwardable=False)
+            tag, reply = await self._decide(msg, envelope, forwardable=False)
         if self.metrics is not None:
             outcome = reply.code if isinstance(reply, Rejected) else "accepted"
             self.metrics.command(tag, outcome, time.perf_counter() - started)
@@ -187,11 +277,15 @@ class Gateway:
                 await msg.respond(answer.data)
         return True
 
-    async def _decide(self, msg: Msg, *, forwardable: bool = False) -> tuple[str, Any]:
-        """The command's type (`unreadable` if it could not be decoded) and its reply."""
+    async def _decide(
+        self, msg: Msg, envelope: CommandEnvelope | None = None, *, forwardable: bool = False
+    ) -> tuple[str, Any]:
+        """The command's type (`unreadable` if it could not be decoded) and its reply
+        (`envelope`: the message's, if already decoded)."""
         headers = msg.headers or {}
         try:
-            envelope = COMMAND_DECODER.decode(msg.data)
+            if envelope is None:
+                envelope = COMMAND_DECODER.decode(msg.data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
             return "unreadable", Rejected(
                 code="bad_command",
@@ -326,6 +420,12 @@ class Gateway:
             )
         with contextlib.suppress(Exception):
             await msg.respond(payload)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -289,6 +289,35 @@ async def test_concurrent_commands_get_dense_positions(cp, gateway) -> None:
     assert gateway.committer.requests == 200
 
 
+async def test_small_commands_on_known_apps_take_the_fast_path_and_the_rest_the_slow_one(
+    cp, gateway, db_url
+) -> None:
+    """Commands decided on states in hand skip the slow path's machinery (`submit_known`);
+    a new app, a refusal and a repeated command id still get the slow path's answers."""
+    await cp.command(CreateApp(app="shop"))  # an app not yet known: read, the slow way
+    assert gateway.fast_commands == 0
+    hosts = [f"h{i}.shop.test" for i in range(50)]
+    replies = await asyncio.gather(*(cp.command(AddDomain(app="shop", hostname=h)) for h in hosts))
+    assert all(isinstance(r, Accepted) for r in replies), replies
+    assert sorted(r.position for r in replies) == list(range(3, 2 + 2 * len(hosts) + 1, 2))
+    assert gateway.fast_commands == len(hosts)
+    # refused on facts, by the slow path: the message names the domain, nothing appended
+    events = await count_events(db_url)
+    refused = await cp.command(AddDomain(app="shop", hostname="h7.shop.test"))
+    assert isinstance(refused, Rejected) and refused.code == "domain_exists"
+    assert "h7.shop.test" in refused.message
+    # a client's retry of an accepted command: the fast path's append finds the id in the log
+    # (a duplicate), and the slow path answers with the original reply
+    command_id = str(uuid.uuid4())
+    first = await cp.command(VerifyDns(app="shop", hostname="h1.shop.test", verified=True),
+                             command_id=command_id)  # fmt: skip
+    again = await cp.command(VerifyDns(app="shop", hostname="h1.shop.test", verified=True),
+                             command_id=command_id)  # fmt: skip
+    assert isinstance(first, Accepted) and again == first
+    assert await count_events(db_url) == events + 1
+    assert gateway.fast_in_flight == 0
+
+
 async def test_a_second_gateway_in_the_queue_group_shares_the_load(cp, settings, gateway) -> None:
     async with Gateway(settings) as second:
         await asyncio.gather(*(cp.command(CreateApp(app=f"app-{i:03d}")) for i in range(300)))
