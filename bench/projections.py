@@ -4,7 +4,8 @@ One run measures:
 - catch-up (a rebuild from position 0, through the real runner code) of each projection over
   a log of N events (default 1,000,000), in events/s, beside the raw baseline of reading the
   same rows with asyncpg, as a rebuild reads them, and decoding every one with msgspec,
-  read before and after each catch-up (the faster of its two neighbours is its baseline);
+  read before and after each catch-up (the faster of its two neighbours is its baseline),
+  the whole sequence three times (`--rounds`): each projection's figure is its median round;
 - end-to-end lag from a command's accepted reply to the ROUTER_CONFIG KV update a router
   would see, p50/p99, with commands paced at 100/s and 1,000/s, twice: as the client sees
   it (reply received -> watcher woken, both in this process), and by the servers' clocks
@@ -16,7 +17,7 @@ One run measures:
   processes with their children, PostgreSQL's backends, the NATS server, this client): on
   two cores, lag at 1,000/s is mostly waiting for a core.
 
-    .venv/bin/python bench/projections.py [--events 1000000] [--lag-seconds 10]
+    .venv/bin/python bench/projections.py [--events 1000000] [--lag-seconds 10] [--rounds 3]
 
 The log is written directly with COPY (hash chain computed here, as the append function
 would), because the gateway would take minutes to accept a million events.
@@ -30,6 +31,7 @@ import datetime as dt
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -410,20 +412,27 @@ async def settled(url: str) -> None:
         await conn.close()
 
 
-async def catch_ups(base: Settings, n_events: int, ca: DevCA) -> tuple[int, list[str]]:
+async def catch_ups(
+    base: Settings, n_events: int, ca: DevCA, rounds: int = 3
+) -> tuple[int, list[str]]:
     """Every projection rebuilt over one log, each between two raw reads of it.
 
     The raw read moves by a third within one run on these machines (267k and 363k events/s
     half a minute apart, same code, same rows: the CPU a row costs moved with it), so a
     catch-up is compared with the raw reads made just before and just after it, the faster
     of the two (ratios are not flattered by a slow phase), rather than with reads made
-    before and after all four (session 17)."""
+    before and after all four (session 17).
+
+    The whole sequence runs `rounds` times over the same log, and each projection's figure
+    is the median of its rounds, every round's ratio printed beside it: a single round's
+    ratio moved by ±0.08 with the machine's phase (session 18)."""
     url = await scratch_database(base.database_url, "cpbench_proj")
     master = MasterKey.generate()
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     router_public = public_bytes(X25519PrivateKey.generate().public_key())
-    rates: dict[str, float] = {}
+    rates: dict[str, list[float]] = {}
+    baselines: dict[str, list[float]] = {}
     raws: list[float] = []
 
     async def raw() -> float:
@@ -437,19 +446,23 @@ async def catch_ups(base: Settings, n_events: int, ca: DevCA) -> tuple[int, list
         count, seconds = await build_log(url, n_events, master, ca)
         print(f"# built a log of {count:,} events in {seconds:.0f}s", file=sys.stderr)
         await settled(url)
-        await raw()
-        for projection in (
-            CertificatesProjection(),
-            DnsTargetsProjection("certplanedns.example"),
-            RouterConfigProjection(master, router_public, None),
-            AuditProjection(),
-        ):
-            await settled(url)
-            n, s = await catch_up(url, projection)
-            assert n == count, (projection.name, n, count)
-            rates[projection.name] = n / s
-            print(f"# {projection.name}: {n / s:,.0f} events/s", file=sys.stderr)
-            await raw()
+        before = await raw()
+        for _ in range(rounds):
+            for projection in (
+                CertificatesProjection(),
+                DnsTargetsProjection("certplanedns.example"),
+                RouterConfigProjection(master, router_public, None),
+                AuditProjection(),
+            ):
+                await settled(url)
+                n, s = await catch_up(url, projection)
+                assert n == count, (projection.name, n, count)
+                rates.setdefault(projection.name, []).append(n / s)
+                print(f"# {projection.name}: {n / s:,.0f} events/s", file=sys.stderr)
+                after = await raw()
+                # the faster of its two neighbours
+                baselines.setdefault(projection.name, []).append(max(before, after))
+                before = after
     finally:
         await drop_database(url)
     lines = [
@@ -457,11 +470,13 @@ async def catch_ups(base: Settings, n_events: int, ca: DevCA) -> tuple[int, list
         + " / ".join(f"{r:,.0f}" for r in raws)
         + f" | {min(raws):,.0f}–{max(raws):,.0f} events/s | 1.00 |"
     ]
-    for i, (name, rate) in enumerate(rates.items()):
-        baseline = max(raws[i], raws[i + 1])  # the faster of its two neighbours
+    for name, achieved in rates.items():
+        ratios = [r / b for r, b in zip(achieved, baselines[name], strict=True)]
+        each = " / ".join(f"{r:,.0f} ({q:.2f})" for r, q in zip(achieved, ratios, strict=True))
         lines.append(
-            f"| catch-up `{name}` (beside {baseline:,.0f}) | {rate:,.0f} events/s"
-            f" | {rate / baseline:.2f} |"
+            f"| catch-up `{name}`, each round beside the faster of its raw reads: {each}"
+            f" | {statistics.median(achieved):,.0f} events/s (median)"
+            f" | {statistics.median(ratios):.2f} (median; {min(ratios):.2f}–{max(ratios):.2f}) |"
         )
     return count, lines
 
@@ -472,18 +487,22 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--lag-seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=["catch-up", "lag"], help="measure one part only")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="catch-up sequences over the log (the median)"
+    )
     opts = parser.parse_args()
     base = Settings.from_env()
     ca = DevCA.create("bench")
     count, lines, lag_lines = 0, [], []
     if opts.only != "lag":
-        count, lines = await catch_ups(base, opts.events, ca)
+        count, lines = await catch_ups(base, opts.events, ca, opts.rounds)
     if opts.only != "catch-up":
         for split in (True, False):
             lag_lines += await lag(base, [100, 1000], opts.lag_seconds, ca, split=split)
     print(f"## Projections — {dt.date.today().isoformat()}\n")
     print(f"Machine: {machine()}  ")
     only = f" --only {opts.only}" if opts.only else ""
+    only += f" --rounds {opts.rounds}" if opts.rounds != 3 else ""
     print(
         f"Command: `.venv/bin/python bench/projections.py --events {opts.events} --lag-seconds {opts.lag_seconds:g}{only}`\n"
     )
