@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 import nats
 import pytest
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 
 from events.app import CreateApp, DestroyApp
 from events.codec import QUERY_REPLY_DECODER
@@ -71,19 +71,30 @@ async def busy_history(cp, ca) -> int:
 
 
 async def kv_revisions(settings) -> dict[str, tuple[int, bytes]]:
+    """Every hostname entry in ROUTER_CONFIG: key -> (revision, value).
+
+    Listed from the stream's subjects, not with `kv.keys()`: that runs a watcher, and an
+    error in it (a slow consumer set-up on a busy machine) once left this helper with an
+    empty dict where the bucket had a dozen entries."""
     nc = await nats.connect(settings.nats_url)
     try:
+        js = nc.jetstream()
         try:
-            kv = await nc.jetstream().key_value(settings.router_bucket)
+            kv = await js.key_value(settings.router_bucket)
         except BucketNotFoundError:
             return {}
+        info = await js.stream_info(f"KV_{settings.router_bucket}", subjects_filter=">")
+        prefix = f"$KV.{settings.router_bucket}."
         out = {}
-        with contextlib.suppress(Exception):
-            for key in await kv.keys():
-                if key == CHECKPOINT_KEY:  # not a hostname: the config position (below)
-                    continue
+        for subject in info.state.subjects or {}:
+            key = subject.removeprefix(prefix)
+            if key == CHECKPOINT_KEY:  # not a hostname: the config position (below)
+                continue
+            try:
                 entry = await kv.get(key)
-                out[key] = (entry.revision, entry.value)
+            except (KeyNotFoundError, KeyDeletedError):  # its last message deleted it
+                continue
+            out[key] = (entry.revision, entry.value)
         return out
     finally:
         await nc.close()
