@@ -7,6 +7,7 @@ backend's CPU from /proc. No NATS, no gateway: only the function and what the ba
 PostgreSQL.
 
     .venv/bin/python bench/append_sql.py [--batch 32] [--batches 2000] [--sql variant.sql]
+        [--event-ids ordered|random]
 
 `--sql` runs a file (say, a `create or replace function certplane_append_chained`) after the
 migrations, to compare a variant with the function the migrations install.
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,6 +31,7 @@ from bench.harness import drop_database, scratch_database
 from events.base import Metadata
 from events.domain import DomainAdded, HostnameClaimed
 from services.config import Settings
+from services.domain.ids import TimeOrderedIds
 from services.domain.streams import app_stream, hostname_stream
 from services.runner import tune_gc
 from services.storage.database import database_name, service_pool
@@ -36,7 +40,9 @@ from services.storage.event_log import AppendRequest, AppendStatus, NewEvent, Po
 APPS = 64
 
 
-def batch(serial: int, size: int, versions: dict[str, int]) -> list[AppendRequest]:
+def batch(
+    serial: int, size: int, versions: dict[str, int], event_id: Callable[[], str]
+) -> list[AppendRequest]:
     requests = []
     for k in range(size):
         n = serial * size + k
@@ -51,12 +57,12 @@ def batch(serial: int, size: int, versions: dict[str, int]) -> list[AppendReques
                 command_id=command_id,
                 expected={stream: versions.get(stream, 0), hostname_stream(host): 0},
                 events=[
-                    NewEvent(stream, DomainAdded(app=app, hostname=host), meta, str(uuid.uuid4())),
+                    NewEvent(stream, DomainAdded(app=app, hostname=host), meta, event_id()),
                     NewEvent(
                         hostname_stream(host),
                         HostnameClaimed(app=app, hostname=host),
                         meta,
-                        str(uuid.uuid4()),
+                        event_id(),
                     ),
                 ],
             )
@@ -70,6 +76,12 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=2000)
     parser.add_argument("--sql", type=Path, help="a file run (as the owner) before the batches")
+    parser.add_argument(
+        "--event-ids",
+        choices=["ordered", "random"],
+        default="ordered",
+        help="time-ordered (version 7, as the gateway makes them) or random (version 4) ids",
+    )
     opts = parser.parse_args()
     tune_gc()
     base = Settings.from_env()
@@ -84,24 +96,35 @@ async def main() -> None:
         pool = await service_pool(url, base.service_role, min_size=1, max_size=1)
         event_log = PostgresEventLog(pool, url=url, writer_key=b"k" * 32)
         versions: dict[str, int] = {}
-        prepared = [batch(i, opts.batch, versions) for i in range(opts.batches)]
+        event_id = (
+            TimeOrderedIds(random.Random())
+            if opts.event_ids == "ordered"
+            else (lambda: str(uuid.uuid4()))
+        )
+        prepared = [batch(i, opts.batch, versions, event_id) for i in range(opts.batches)]
         warm = opts.batches // 5
         for requests in prepared[:warm]:
             await event_log.append_batch(requests)
         backends = backends_of(database_name(url))
+        wal = await pool.fetchval("select pg_current_wal_lsn()::text")
         cpu, started = sum(cpu_seconds(p) for p in backends), time.perf_counter()
         for requests in prepared[warm:]:
             results = await event_log.append_batch(requests)
             assert all(r.status is AppendStatus.OK for r in results), results[0]
         elapsed = time.perf_counter() - started
         cpu = sum(cpu_seconds(p) for p in backends) - cpu
+        # WAL written (all of it, on a quiet server: this run's), a steadier figure than CPU
+        wal_bytes = await pool.fetchval(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", wal
+        )
         await pool.close()
     finally:
         await drop_database(url)
     n = (opts.batches - warm) * opts.batch
     print(
         f"append of {opts.batch}-command batches: PostgreSQL {cpu / n * 1e6:.1f} µs of CPU"
-        f" and {elapsed / n * 1e6:.1f} µs of wall time per command ({n:,} commands)"
+        f" and {elapsed / n * 1e6:.1f} µs of wall time per command, {float(wal_bytes) / n:,.0f}"
+        f" bytes of WAL ({n:,} commands)"
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import random
 import socket
 import urllib.parse
-import uuid
 from typing import Any
 
 import nats
@@ -19,9 +19,15 @@ from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnve
 from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from services.config import redact
 from services.domain.errors import Unavailable
+from services.domain.ids import TimeOrderedIds
 from services.reply_parts import request_in_parts
 from services.subjects import NON_APP, Subjects
 from services.telemetry import new_traceparent
+
+# Command ids are time-ordered (the log's unique index on them grows at its right edge, as
+# for event ids) and their random part comes from the system's CSPRNG: another client must
+# not guess an id and be answered a repeat of this command's reply.
+_command_id = TimeOrderedIds(random.SystemRandom())
 
 REQUEST_TIMEOUT = 10.0
 RETRIES = 3  # safe: a retried command carries the same id, so it appends at most once
@@ -137,7 +143,7 @@ class ControlPlane:
         self, command: Command, *, command_id: str | None = None
     ) -> Accepted | Rejected:
         envelope = CommandEnvelope(
-            id=command_id or str(uuid.uuid4()),
+            id=command_id or _command_id(),
             actor=self.actor,
             command=command,  # type: ignore[arg-type]
         )

@@ -37,7 +37,7 @@ from events.replies import (
 from services.domain import app as app_aggregate
 from services.domain.app import AppState, Decision, HostnameState
 from services.domain.errors import Rejected as RejectedError
-from services.domain.ids import canonical_uuid, random_uuid
+from services.domain.ids import TimeOrderedIds, canonical_uuid
 from services.domain.projection_ops import DeadLetter, decide_skip
 from services.domain.streams import (
     APP,
@@ -72,13 +72,12 @@ Clock = Callable[[], dt.datetime]
 _SHREDDING = (AppDestroyed, CertUpdated, CertRemoved, EndpointDestroyed)
 
 
-def _event_id() -> str:
-    """A random (version 4) UUID without a system call per id: event ids must be unique,
-    not secret, and os.urandom per event showed up in profiles."""
-    return random_uuid(_random)
-
-
-_random = random.Random()  # seeded from os.urandom
+# Event ids: unique, not secret (no system call per id: os.urandom per event showed up in
+# profiles), and time-ordered, so that each is appended at the right edge of the log's
+# unique index on them (bench/append_sql.py: 3-8 % less of PostgreSQL's CPU and 4 % less
+# WAL a command than random ids, and a random id dirtied a random page of an index that
+# only grows).
+_event_id = TimeOrderedIds(random.Random())  # seeded from os.urandom
 
 
 def utcnow() -> dt.datetime:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from services.domain.ids import canonical_uuid, random_uuid, uuid_bytes
+from services.domain.ids import TimeOrderedIds, canonical_uuid, random_uuid, uuid_bytes
 
 U = uuid.UUID("6f1c2d4e-8a9b-4c3d-9e2f-0a1b2c3d4e5f")
 
@@ -56,3 +56,24 @@ def test_random_ids_are_canonical_version_4_uuids() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_time_ordered_ids_are_version_7_uuids_that_only_increase() -> None:
+    """Within a millisecond (a counter), across 4,096 of them in one (the next millisecond
+    is borrowed), and when the clock steps back: always larger than the last, as text and
+    as UUIDs, and carrying the time they were made."""
+    now = [1_800_000_000_123_000_000]  # ns
+    ids = TimeOrderedIds(random.Random(7), clock=lambda: now[0])
+    made = [ids() for _ in range(5_000)]  # all in one millisecond
+    now[0] -= 10_000_000_000  # the clock steps back 10 s
+    made += [ids() for _ in range(10)]
+    now[0] += 60_000_000_000
+    made += [ids() for _ in range(10)]
+    parsed = [uuid.UUID(m) for m in made]
+    assert all(str(u) == m for u, m in zip(parsed, made, strict=True))  # canonical text
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert [u.int for u in parsed] == sorted(u.int for u in parsed)
+    assert parsed[0].int >> 80 == 1_800_000_000_123  # Unix milliseconds
+    assert parsed[4_999].int >> 80 == 1_800_000_000_124  # 4,096 in one: the next one borrowed
+    assert parsed[-1].int >> 80 == 1_800_000_050_123
