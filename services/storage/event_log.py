@@ -151,20 +151,19 @@ def _sealed_event(
     return type_, version, data, metadata, content_hash(content, metadata)
 
 
-# The function's 21 array parameters (schemas/sql/010), each sent packed (storage/packed.py).
+# The function's 21 array parameters (schemas/sql/010, its body now 012), each sent packed (storage/packed.py).
 _APPEND_PARAMETERS = (
     "uuid", "integer", "text", "integer",
-    "integer", "integer", "text", "uuid", "text", "integer", "text", "text", "digest",
+    "integer", "integer", "text", "uuid", "text", "integer", "text", "text", "hex",
     "integer", "uuid", "text", "bytea", "integer", "uuid", "integer", "integer",
 )  # fmt: skip
-_DIGEST = 32  # SHA-256
 
 
 def _append_argument(n: int, kind: str) -> str:
     if kind == "integer":
         return packed.integer_array(n)
-    if kind == "digest":
-        return packed.fixed_bytea_array(n, _DIGEST)
+    if kind == "hex":  # content hashes: one per event
+        return packed.bytea_array(n)
     if kind == "bytea":
         return f"${n}::bytea[]"  # wrapped data keys: AddCert only, a few a batch
     return packed.text_array(n, kind)
@@ -183,8 +182,8 @@ def _packed(arrays: list[list[Any]]) -> list[Any]:
     for kind, column in zip(_APPEND_PARAMETERS, arrays, strict=True):
         if kind == "integer":
             values.append(packed.integers(column))
-        elif kind == "digest":
-            values.append(packed.fixed_bytes(column, _DIGEST))
+        elif kind == "hex":
+            values.append(packed.hex_values(column))
         elif kind == "bytea":
             values.append(column)
         else:

@@ -102,6 +102,27 @@ async def test_a_conflict_fails_only_its_own_command_in_a_batch(log) -> None:
     assert results[0].positions == [2] and results[2].positions == [3]  # no hole left by the loser
 
 
+async def test_a_command_behind_or_ahead_of_its_stream_conflicts_with_the_actual_version(
+    log,
+) -> None:
+    """The append takes a stream to be at the version a command expects when that version
+    exists, and lets the unique index refuse the next one if another writer got there first;
+    a command expecting a version the stream has not reached must not leave a gap either."""
+    await log.append_batch([request("app-one", 0, n=3)])
+    behind, ahead, fine = request("app-one", 2), request("app-one", 5), request("app-two", 0)
+    results = await log.append_batch([behind, ahead, fine])
+    assert [r.status for r in results] == [
+        AppendStatus.CONFLICT,
+        AppendStatus.CONFLICT,
+        AppendStatus.OK,
+    ]
+    assert [(r.expected, r.actual) for r in results[:2]] == [(2, 3), (5, 3)]
+    assert results[2].positions == [4]
+    assert [e.version for e in await log.read_stream("app-one")] == [1, 2, 3]
+    [after] = await log.append_batch([request("app-one", 3)])
+    assert (after.positions, after.versions) == ([5], [4])
+
+
 async def test_a_command_id_appends_once(log) -> None:
     cid = str(uuid.uuid4())
     [first] = await log.append_batch([request("app-one", 0, command_id=cid)])
