@@ -7,7 +7,7 @@ backend's CPU from /proc. No NATS, no gateway: only the function and what the ba
 PostgreSQL.
 
     .venv/bin/python bench/append_sql.py [--batch 32] [--batches 2000] [--sql variant.sql]
-        [--event-ids ordered|random]
+        [--event-ids ordered|random] [--command-ids ordered|random]
 
 `--sql` runs a file (say, a `create or replace function certplane_append_chained`) after the
 migrations, to compare a variant with the function the migrations install.
@@ -41,14 +41,18 @@ APPS = 64
 
 
 def batch(
-    serial: int, size: int, versions: dict[str, int], event_id: Callable[[], str]
+    serial: int,
+    size: int,
+    versions: dict[str, int],
+    event_id: Callable[[], str],
+    new_command_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> list[AppendRequest]:
     requests = []
     for k in range(size):
         n = serial * size + k
         app = f"w{n % APPS:05d}"
         host = f"h{n}.{app}.bench.example"
-        command_id = str(uuid.uuid4())
+        command_id = new_command_id()
         meta = Metadata(command_id=command_id, actor="bench", correlation_id=command_id,
                         causation_id=command_id, traceparent="")  # fmt: skip
         stream = app_stream(app)
@@ -82,6 +86,12 @@ async def main() -> None:
         default="ordered",
         help="time-ordered (version 7, as the gateway makes them) or random (version 4) ids",
     )
+    parser.add_argument(
+        "--command-ids",
+        choices=["ordered", "random"],
+        default="ordered",
+        help="time-ordered (as the certplane client makes them) or random (version 4) ids",
+    )
     opts = parser.parse_args()
     tune_gc()
     base = Settings.from_env()
@@ -101,7 +111,14 @@ async def main() -> None:
             if opts.event_ids == "ordered"
             else (lambda: str(uuid.uuid4()))
         )
-        prepared = [batch(i, opts.batch, versions, event_id) for i in range(opts.batches)]
+        command_id = (
+            TimeOrderedIds(random.SystemRandom())
+            if opts.command_ids == "ordered"
+            else (lambda: str(uuid.uuid4()))
+        )
+        prepared = [
+            batch(i, opts.batch, versions, event_id, command_id) for i in range(opts.batches)
+        ]
         warm = opts.batches // 5
         for requests in prepared[:warm]:
             await event_log.append_batch(requests)

@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import itertools
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -40,10 +41,14 @@ from events.endpoint import AddCert
 from events.replies import Accepted
 from services.config import Settings
 from services.devcerts import DevCA
+from services.domain.ids import TimeOrderedIds
 from services.domain.key_envelope import MasterKey, seal_for_gateway
 from services.storage.database import _with_database, ensure_database
 
 REPO = Path(__file__).resolve().parent.parent
+# Command ids as the `certplane` client makes them (services/cli/client.py): version 7 UUIDs,
+# the random bits from the system's CSPRNG.
+new_command_id = TimeOrderedIds(random.SystemRandom())
 
 ECHO_SERVER = """
 import asyncio, sys, nats
@@ -181,7 +186,7 @@ async def main() -> None:
         await wait_answering(nc, f"{prefix}.echo")
 
         async def command(cmd: object) -> Accepted:
-            envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)  # type: ignore[arg-type]
+            envelope = CommandEnvelope(id=new_command_id(), actor="bench", command=cmd)  # type: ignore[arg-type]
             msg = await nc.request(
                 f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30
             )  # type: ignore[attr-defined]

@@ -24,7 +24,6 @@ import secrets
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -32,7 +31,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.command_path import start, wait_answering
+from bench.command_path import new_command_id, start, wait_answering
 from bench.harness import closed_loop, drop_database, scratch_database
 from events.app import CreateApp
 from events.codec import COMMAND_REPLY_DECODER, QUERY_REPLY_DECODER, CommandEnvelope, encode
@@ -133,7 +132,7 @@ async def main() -> None:
         await asyncio.sleep(1.0 if opts.gateways > 1 else 0)  # the others subscribe too
 
         async def command(cmd: CreateApp | AddDomain | AddCert) -> None:
-            envelope = CommandEnvelope(id=str(uuid.uuid4()), actor="bench", command=cmd)
+            envelope = CommandEnvelope(id=new_command_id(), actor="bench", command=cmd)
             msg = await nc.request(
                 f"{prefix}.cmd.{cmd.app}.{type(cmd).__name__}", encode(envelope), timeout=30
             )
