@@ -123,6 +123,7 @@ async def main() -> None:
         for requests in prepared[:warm]:
             await event_log.append_batch(requests)
         backends = backends_of(database_name(url))
+        await event_log.close()
         wal = await pool.fetchval("select pg_current_wal_lsn()::text")
         cpu, started = sum(cpu_seconds(p) for p in backends), time.perf_counter()
         for requests in prepared[warm:]:
@@ -131,6 +132,7 @@ async def main() -> None:
         elapsed = time.perf_counter() - started
         cpu = sum(cpu_seconds(p) for p in backends) - cpu
         # WAL written (all of it, on a quiet server: this run's), a steadier figure than CPU
+        await event_log.close()  # it keeps the pool's one connection for its appends
         wal_bytes = await pool.fetchval(
             "select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", wal
         )

@@ -80,6 +80,7 @@ class Gateway:
         self.event_log = PostgresEventLog(
             self.pool, url=s.database_url, writer_key=writer_key(master.secret)
         )
+        self._stack.push_async_callback(self.event_log.close)  # before the pool's close
         self.committer = await self._stack.enter_async_context(
             GroupCommitter(
                 self.event_log,

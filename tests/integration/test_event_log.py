@@ -36,7 +36,9 @@ def request(stream: str, expected: int, n: int = 1, command_id: str | None = Non
 @pytest.fixture
 async def log(db_url: str):
     pool = await service_pool(db_url, "certplane_service", min_size=1, max_size=20)
-    yield PostgresEventLog(pool)
+    log = PostgresEventLog(pool)
+    yield log
+    await log.close()
     await pool.close()
 
 
@@ -177,6 +179,29 @@ async def test_sixteen_concurrent_writers_get_one_winner_per_version_and_no_gaps
     assert [r["position"] for r in rows] == list(range(1, len(rows) + 1))
     assert [r["stream_version"] for r in rows] == list(range(1, len(rows) + 1))
     assert sorted(winners) == list(range(1, len(rows) + 1))
+
+
+async def test_appends_go_on_after_the_database_drops_the_logs_connection(log, db_url) -> None:
+    """The log keeps a connection for its appends: a restarted or failed-over PostgreSQL
+    (here: its backends terminated) costs one append an Unavailable, not the gateway."""
+    from services.domain.errors import Unavailable
+
+    [first] = await log.append_batch([request("app-one", 0)])
+    conn = await asyncpg.connect(db_url)
+    await conn.execute(
+        "select pg_terminate_backend(pid) from pg_stat_activity"
+        " where datname = current_database() and pid <> pg_backend_pid()"
+    )
+    await conn.close()
+    results = []
+    for expected in (1, 1):  # the first may meet the dead session; the next must not
+        try:
+            results += await log.append_batch([request("app-one", expected)])
+            break
+        except Unavailable as e:
+            assert "cannot be reached" in str(e)
+    assert first.status is AppendStatus.OK and results[-1].status is AppendStatus.OK
+    assert results[-1].positions == [2]
 
 
 @pytest.mark.parametrize(
