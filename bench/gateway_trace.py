@@ -12,7 +12,9 @@ When the gateway stops, it writes one line to the file named by CERTPLANE_TRACE_
 - how many requests wait when an append returns (the next batch forms from them);
 - the event loop's turns: percentiles, and the share of loop time spent in long turns (a
   burst of commands decided in one turn delays everything else that became ready);
-- from an append's return to the first reply sent for its batch.
+- from an append's return to the first reply sent for its batch;
+- how often, and how long, the committer waited for commands to form its next batch (the
+  log idles meanwhile: the ring's other half, replies to decisions, was the longer one).
 
 Session 20 used it (bench/RESULTS.md): an append of 32 in flight 80-84 % of the wall, loop
 turns p90 1.1 ms, 1.1 ms from an append's answer to its first reply.
@@ -39,6 +41,7 @@ _turns: list[float] = []
 _reply_delays: list[float] = []
 _returned: list[float] = []  # when the last append returned, until its first reply
 _committers: list[group_commit.GroupCommitter] = []
+_takes: list[float] = []  # how long the committer waited for its next batch
 
 
 def _timed_pack(original: Any) -> Any:
@@ -80,6 +83,19 @@ def _remember_committer(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 group_commit.GroupCommitter.__init__ = _remember_committer  # type: ignore[method-assign]
+
+_next_batch = group_commit.GroupCommitter._next_batch
+
+
+async def _timed_next_batch(self: Any, index: int) -> Any:
+    started = time.perf_counter()
+    try:
+        return await _next_batch(self, index)
+    finally:
+        _takes.append(time.perf_counter() - started)
+
+
+group_commit.GroupCommitter._next_batch = _timed_next_batch  # type: ignore[method-assign]
 
 _respond = service.Gateway._respond
 
@@ -124,6 +140,8 @@ def _report() -> None:
         return sum(t for t in turns if t > seconds) / total
 
     delays = _reply_delays[len(_reply_delays) // 4 : len(_reply_delays) * 3 // 4] or [0.0]
+    takes = _takes[len(_takes) // 4 : len(_takes) * 3 // 4] or [0.0]
+    waited = [t for t in takes if t > 50e-6] or [0.0]
     Path(out).write_text(
         f"appends: {len(middle)} of {commands / len(middle):.1f} commands, in flight"
         f" {in_flight / wall:.0%} of the wall, {in_flight / len(middle) * 1e3:.2f} ms each"
@@ -132,7 +150,9 @@ def _report() -> None:
         f" {(cpu_all - cpu_in) / max(wall - in_flight, 1e-9):.0%} between; waiting when one"
         f" returns {sum(b[5] for b in middle) / len(middle):.1f}; loop turns p50 {pct(0.5):.0f}"
         f" p90 {pct(0.9):.0f} p99 {pct(0.99):.0f} µs, {longer(1e-3):.0%} of loop time in turns"
-        f" over 1 ms; append return to first reply {sum(delays) / len(delays) * 1e3:.2f} ms\n"
+        f" over 1 ms; append return to first reply {sum(delays) / len(delays) * 1e3:.2f} ms;"
+        f" the next batch had to be waited for after {len(waited) / len(takes):.0%} of the"
+        f" appends, {sum(waited) / len(waited) * 1e3:.2f} ms on average\n"
     )
 
 
