@@ -36,9 +36,51 @@ from services.gateway.handler import _metadata
 from services.gateway.key_custody import load_master_key
 from services.runner import tune_gc
 from services.storage.database import service_pool
-from services.storage.event_log import AppendRequest, AppendStatus, NewEvent, PostgresEventLog
+from services.storage.event_log import (
+    AppendRequest,
+    AppendResult,
+    AppendStatus,
+    NewEvent,
+    PostgresEventLog,
+)
 
 MIN_BATCH = 32
+
+
+def decide_one(
+    data: bytes, cache: dict[str, tuple[int, Any]], ids: random.Random, now: dt.datetime
+) -> tuple[AppendRequest, Any, str, int]:
+    """One command, decided on `cache` (updated optimistically): its append request, the
+    decision, its app's stream and the app's version after it. Raises `Rejected`."""
+    envelope = COMMAND_DECODER.decode(data)
+    command = envelope.command
+    app = app_stream(command.app)
+    app_version, app_state = cache.get(app) or (0, AppState(name=command.app))
+    states: dict[str, Any] = {app: app_state}
+    versions = {app: app_version}
+    hosts = {}
+    for host in app_aggregate.related_hostnames(app_state, command):
+        stream = hostname_stream(host)
+        versions[stream], states[stream] = cache.get(stream) or (0, HostnameState(hostname=host))
+        hosts[host] = states[stream]
+    decision = app_aggregate.decide(app_state, hosts, command, now=now, seed=envelope.id, cert=None)
+    metadata = _metadata(envelope, "", decision.warnings)
+    events = [NewEvent(st, e, metadata, random_uuid(ids)) for st, e in decision.events]
+    after = dict(versions)
+    for stream, event in decision.events:
+        fold = app_aggregate.evolve if stream == app else app_aggregate.evolve_hostname
+        states[stream] = fold(states[stream], event)  # type: ignore[operator]
+        after[stream] += 1
+        cache[stream] = (after[stream], states[stream])
+    request = AppendRequest(command_id=envelope.id, expected=versions, events=events)
+    return request, decision, app, after[app]
+
+
+def reply_to(decision: Any, app: str, version: int, result: AppendResult) -> Any:
+    if result.status is not AppendStatus.OK:
+        return Rejected(code="conflict", message=str(result))
+    return Accepted(stream=app, version=version, position=max(result.positions),
+                    events=[e for _, e in decision.events], warnings=decision.warnings)  # fmt: skip
 
 
 async def main() -> None:
@@ -71,13 +113,7 @@ async def main() -> None:
                 continue
             results = await log.append_batch([b[0] for b in batch])
             for (_, msg, decision, app, version), result in zip(batch, results, strict=True):
-                if result.status is not AppendStatus.OK:
-                    reply: Any = Rejected(code="conflict", message=str(result))
-                else:
-                    reply = Accepted(stream=app, version=version, position=max(result.positions),
-                                     events=[e for _, e in decision.events],
-                                     warnings=decision.warnings)  # fmt: skip
-                await msg.respond(encode(reply))
+                await msg.respond(encode(reply_to(decision, app, version, result)))
             if decided:
                 ready.set()
 
@@ -91,36 +127,12 @@ async def main() -> None:
         messages, inbox[:] = inbox[:], []
         now = dt.datetime.now(dt.UTC)
         for msg in messages:
-            envelope = COMMAND_DECODER.decode(msg.data)
-            command = envelope.command
-            app = app_stream(command.app)
-            app_version, app_state = cache.get(app) or (0, AppState(name=command.app))
-            states: dict[str, Any] = {app: app_state}
-            versions = {app: app_version}
-            hosts = {}
-            for host in app_aggregate.related_hostnames(app_state, command):
-                stream = hostname_stream(host)
-                versions[stream], states[stream] = cache.get(stream) or (
-                    0, HostnameState(hostname=host)
-                )  # fmt: skip
-                hosts[host] = states[stream]
             try:
-                decision = app_aggregate.decide(
-                    app_state, hosts, command, now=now, seed=envelope.id, cert=None
-                )
+                request, decision, app, version = decide_one(msg.data, cache, ids, now)
             except RejectedError as e:
                 await msg.respond(encode(Rejected(code=e.code, message=e.message)))
                 continue
-            metadata = _metadata(envelope, "", decision.warnings)
-            events = [NewEvent(st, e, metadata, random_uuid(ids)) for st, e in decision.events]
-            after = dict(versions)
-            for stream, event in decision.events:
-                fold = app_aggregate.evolve if stream == app else app_aggregate.evolve_hostname
-                states[stream] = fold(states[stream], event)  # type: ignore[operator]
-                after[stream] += 1
-                cache[stream] = (after[stream], states[stream])
-            request = AppendRequest(command_id=envelope.id, expected=versions, events=events)
-            decided.append((request, msg, decision, app, after[app]))
+            decided.append((request, msg, decision, app, version))
         ready.set()
     await appender
 
