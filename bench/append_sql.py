@@ -7,10 +7,12 @@ backend's CPU from /proc. No NATS, no gateway: only the function and what the ba
 PostgreSQL.
 
     .venv/bin/python bench/append_sql.py [--batch 32] [--batches 2000] [--sql variant.sql]
-        [--event-ids ordered|random] [--command-ids ordered|random]
+        [--event-ids ordered|random] [--command-ids ordered|random] [--plain]
 
 `--sql` runs a file (say, a `create or replace function certplane_append_chained`) after the
-migrations, to compare a variant with the function the migrations install.
+migrations, to compare a variant with the function the migrations install. `--plain` writes
+the same rows with one plain INSERT a batch into a copy of `events` (its indexes, no
+trigger): no lock, no version checks, no chain: the floor under the function.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cpu_per_command import backends_of, cpu_seconds
@@ -35,7 +39,14 @@ from services.domain.ids import TimeOrderedIds
 from services.domain.streams import app_stream, hostname_stream
 from services.runner import tune_gc
 from services.storage.database import database_name, service_pool
-from services.storage.event_log import AppendRequest, AppendStatus, NewEvent, PostgresEventLog
+from services.storage.event_log import (
+    AppendRequest,
+    AppendResult,
+    AppendStatus,
+    NewEvent,
+    PostgresEventLog,
+    _batch_arrays,
+)
 
 APPS = 64
 
@@ -75,6 +86,44 @@ def batch(
     return requests
 
 
+class PlainInserts:
+    """The batch's rows in one INSERT from arrays, positions and versions made here (each
+    stream's next), hashes left as the content hashes: what storing them costs alone."""
+
+    def __init__(self, con: asyncpg.Connection, writer_key: bytes) -> None:
+        self._con = con
+        self._key = writer_key
+        self._position = 0
+        self._versions: dict[str, int] = {}
+
+    async def append_batch(self, requests: list[AppendRequest]) -> list[AppendResult]:
+        arrays = _batch_arrays(requests, self._key)
+        cmd_ids, ev_cmd, ev_index, ev_stream, ev_id, ev_type, ev_schema = (
+            arrays[0], arrays[4], arrays[5], arrays[6], arrays[7], arrays[8], arrays[9]
+        )  # fmt: skip
+        ev_data, ev_meta, ev_content = arrays[10], arrays[11], arrays[12]
+        positions, versions = [], []
+        for stream in ev_stream:
+            self._position += 1
+            self._versions[stream] = self._versions.get(stream, 0) + 1
+            positions.append(self._position)
+            versions.append(self._versions[stream])
+        await self._con.execute(
+            "insert into plain_events (position, stream_id, stream_version, event_id, command_id,"
+            " command_index, type, schema_version, data, metadata, recorded_at, prev_hash, hash)"
+            " select p, s, v, e::uuid, ($12::uuid[])[c], i, t, sv, d::json, m::json, now(), h, h"
+            " from unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::int[], $6::int[],"
+            " $7::text[], $8::int[], $9::text[], $10::text[], $11::bytea[])"
+            " as u(p, s, v, e, c, i, t, sv, d, m, h)",
+            positions, ev_stream, versions, ev_id, ev_cmd, ev_index, ev_type, ev_schema,
+            ev_data, ev_meta, ev_content, cmd_ids,
+        )  # fmt: skip
+        return [AppendResult(AppendStatus.OK) for _ in requests]
+
+    async def close(self) -> None:
+        """Nothing kept from the pool (its own connection is the caller's to close)."""
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
@@ -92,19 +141,26 @@ async def main() -> None:
         default="ordered",
         help="time-ordered (as the certplane client makes them) or random (version 4) ids",
     )
+    parser.add_argument(
+        "--plain", action="store_true", help="one plain INSERT a batch (see above), no function"
+    )
     opts = parser.parse_args()
     tune_gc()
     base = Settings.from_env()
     url = await scratch_database(base.database_url, "cpbench_append")
     try:
         if opts.sql:
-            import asyncpg
-
             owner = await asyncpg.connect(url)
             await owner.execute(opts.sql.read_text())
             await owner.close()
         pool = await service_pool(url, base.service_role, min_size=1, max_size=1)
-        event_log = PostgresEventLog(pool, url=url, writer_key=b"k" * 32)
+        event_log: PostgresEventLog | PlainInserts = PostgresEventLog(
+            pool, url=url, writer_key=b"k" * 32
+        )
+        if opts.plain:
+            owner = await asyncpg.connect(url)
+            await owner.execute("create table plain_events (like events including all)")
+            event_log = PlainInserts(owner, b"k" * 32)
         versions: dict[str, int] = {}
         event_id = (
             TimeOrderedIds(random.Random())
@@ -137,11 +193,13 @@ async def main() -> None:
             "select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", wal
         )
         await pool.close()
+        if isinstance(event_log, PlainInserts):
+            await owner.close()
     finally:
         await drop_database(url)
     n = (opts.batches - warm) * opts.batch
     print(
-        f"append of {opts.batch}-command batches: PostgreSQL {cpu / n * 1e6:.1f} µs of CPU"
+        f"{'plain INSERT' if opts.plain else 'append'} of {opts.batch}-command batches: PostgreSQL {cpu / n * 1e6:.1f} µs of CPU"
         f" and {elapsed / n * 1e6:.1f} µs of wall time per command, {float(wal_bytes) / n:,.0f}"
         f" bytes of WAL ({n:,} commands)"
     )
