@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from events.app import AppDestroyed
 from events.base import Metadata
 from events.codec import CommandEnvelope
@@ -278,7 +280,7 @@ class CommandHandler:
 
         `forwardable`: raise `Forward` rather than retry when another gateway owns the app."""
         try:
-            self._require_uuid(envelope.id)
+            envelope = self._with_canonical_id(envelope)
         except RejectedError as error:
             return rejected_reply(error)
         command = envelope.command
@@ -543,7 +545,7 @@ class CommandHandler:
         if self._app_locks.busy(app_id):
             return None
         try:
-            self._require_uuid(envelope.id)
+            envelope = self._with_canonical_id(envelope)
         except RejectedError:
             return None
         app = self._known(app_id, settled=False)
@@ -653,6 +655,16 @@ class CommandHandler:
             reply.position,
         )
         return reply
+
+    @classmethod
+    def _with_canonical_id(cls, envelope: CommandEnvelope) -> CommandEnvelope:
+        """The envelope with its id as the log spells it. Clients may send any spelling
+        Python's `uuid` reads (urn:uuid:, braces, upper case); PostgreSQL's uuid type refuses
+        some of them, and one such id in a group-committed batch failed the whole batch."""
+        canonical = cls._require_uuid(envelope.id)
+        if canonical == envelope.id:
+            return envelope
+        return msgspec.structs.replace(envelope, id=canonical)
 
     @staticmethod
     def _require_uuid(command_id: str) -> str:

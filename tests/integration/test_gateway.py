@@ -216,6 +216,28 @@ async def test_the_same_command_id_appends_once_and_answers_the_same(cp, setting
     assert await count_events(db_url) == 1
 
 
+async def test_a_command_id_in_any_uuid_spelling_is_one_command_and_harms_no_other(
+    cp, db_url
+) -> None:
+    """Clients may spell a UUID as Python's `uuid` reads it (urn:uuid:, braces, upper case, no
+    hyphens). The log records the canonical form, a repeat in another spelling is the same
+    command, and no spelling fails the commands group-committed with it (PostgreSQL's uuid
+    type refuses the urn: form, which once failed a whole batch)."""
+    command_id = uuid.uuid4()
+    spellings = [command_id.urn, "{" + str(command_id).upper() + "}", command_id.hex]
+    replies = [await cp.command(CreateApp(app="shop"), command_id=s) for s in spellings]
+    assert all(isinstance(r, Accepted) for r in replies) and replies.count(replies[0]) == 3
+    rows = await fetch(db_url, "select command_id::text from events")
+    assert [r[0] for r in rows] == [str(command_id)]
+
+    together = await asyncio.gather(
+        *(cp.command(CreateApp(app=f"urn-{i}"), command_id=uuid.uuid4().urn) for i in range(8)),
+        *(cp.command(CreateApp(app=f"plain-{i}")) for i in range(8)),
+    )
+    assert all(isinstance(r, Accepted) for r in together), together
+    assert await count_events(db_url) == 17
+
+
 async def test_malformed_commands_are_refused_with_the_reason(settings, gateway, db_url) -> None:
     nc = await nats.connect(settings.nats_url)
     subject = f"{settings.prefix}.cmd.shop.CreateApp"
