@@ -14,7 +14,13 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
-from services.storage.event_log import AppendRequest, AppendResult, AppendStatus, EventLog
+from services.storage.event_log import (
+    AppendRequest,
+    AppendResult,
+    AppendStatus,
+    BatchRefused,
+    EventLog,
+)
 
 Announce = Callable[[list[AppendRequest], list[AppendResult]], Awaitable[None]]
 # a request, its result to come, and the appends of earlier requests it requires
@@ -119,10 +125,16 @@ class GroupCommitter:
                 if not batch:
                     continue
                 results = await self._log.append_batch([r for r, _, _ in batch], requires)
+            except BatchRefused as e:
+                # One request's bad value must not fail the commands batched with it (other
+                # clients' among them): each goes alone, in order, and only it fails.
+                if len(batch) > 1:
+                    await self._one_by_one(batch)
+                else:
+                    _fail(batch, e)
+                continue
             except Exception as e:  # every waiter learns of it; the loop goes on
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                _fail(batch, e)
                 continue
             finally:
                 del self._in_flight[index]
@@ -136,6 +148,22 @@ class GroupCommitter:
                 except Exception as e:  # best effort: stale caches fall back to version checks
                     log.warning("announcing a batch to the other gateways failed: %s", e)
             for (_, future, _), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _one_by_one(self, batch: list[_Waiting]) -> None:
+        """Append each request of a refused batch alone, in order; a request whose earlier
+        requirement failed is answered as a conflict (`_without_failed_requirements`)."""
+        for item in batch:
+            kept, _ = self._without_failed_requirements([item])
+            if not kept:
+                continue
+            request, future, _ = item
+            try:
+                [result] = await self._log.append_batch([request])
+            except Exception as e:
+                _fail([item], e)
+            else:
                 if not future.done():
                     future.set_result(result)
 
@@ -200,6 +228,12 @@ class GroupCommitter:
         kept.extend(waiting)
         self._waiting = kept
         return taken
+
+
+def _fail(batch: list[_Waiting], error: Exception) -> None:
+    for _, future, _ in batch:
+        if not future.done():  # its waiter may be gone (cancelled)
+            future.set_exception(error)
 
 
 def _streams(batch: list[_Waiting]) -> frozenset[str]:

@@ -51,6 +51,12 @@ class AppendRequest:
     shred: list[str] = field(default_factory=list)
 
 
+class BatchRefused(Exception):
+    """The database refused a value of the batch (a data exception, or a value packing
+    cannot carry): nothing was appended. Some request holds a value the log cannot store,
+    which only a bug lets through; appended one by one, the others go in."""
+
+
 class AppendStatus(enum.Enum):
     OK = "ok"
     DUPLICATE = "duplicate"
@@ -312,7 +318,10 @@ class PostgresEventLog:
     async def append_batch(
         self, requests: list[AppendRequest], requires: list[list[int]] | None = None
     ) -> list[AppendResult]:
-        arguments = _packed(_batch_arrays(requests, self._writer_key, requires))
+        try:
+            arguments = _packed(_batch_arrays(requests, self._writer_key, requires))
+        except ValueError as e:  # a value holding the packing's separator (storage/packed.py)
+            raise BatchRefused(str(e)) from e
         # The connection is kept, not given back to the pool after each batch: asyncpg gives
         # one back in a task of its own (`asyncio.shield`), so the batch's commands learned
         # their results, and the next batch went, two turns of a busy event loop after the
@@ -333,6 +342,8 @@ class PostgresEventLog:
         except BaseException as e:
             if isinstance(e, asyncpg.PostgresError) and _alive(con):
                 self._appending.append(con)  # the statement failed, the session is fine
+                if isinstance(e, asyncpg.DataError):
+                    raise BatchRefused(f"the database refused a value: {e}") from e
                 raise
             if isinstance(e, _SESSION_BROKEN):  # out of step with the server: of no use now
                 with contextlib.suppress(asyncpg.InterfaceError):  # detached already

@@ -11,10 +11,12 @@ import pytest
 from events.base import Metadata
 from events.domain import DomainAdded
 from services.domain.event_content import event_content
+from services.gateway.group_commit import GroupCommitter
 from services.storage.database import service_pool
 from services.storage.event_log import (
     AppendRequest,
     AppendStatus,
+    BatchRefused,
     NewEvent,
     PostgresEventLog,
 )
@@ -123,6 +125,25 @@ async def test_a_command_behind_or_ahead_of_its_stream_conflicts_with_the_actual
     assert [e.version for e in await log.read_stream("app-one")] == [1, 2, 3]
     [after] = await log.append_batch([request("app-one", 3)])
     assert (after.positions, after.versions) == ([5], [4])
+
+
+async def test_a_value_the_database_refuses_fails_only_its_own_command(log) -> None:
+    """A command id PostgreSQL's uuid type refuses (only a bug would let one through the
+    gateway) fails the append as BatchRefused; group-committed, the other commands of its
+    batch still go in, and only it fails."""
+    bad = request("app-bad", 0, command_id="urn:uuid:" + str(uuid.uuid4()))
+    with pytest.raises(BatchRefused, match="uuid"):
+        await log.append_batch([request("app-one", 0), bad])
+    assert await log.read_stream("app-one") == []
+
+    async with GroupCommitter(log) as committer:
+        results = await asyncio.gather(
+            *(committer.append(r) for r in (request("app-one", 0), bad, request("app-two", 0))),
+            return_exceptions=True,
+        )
+    assert [type(r).__name__ for r in results] == ["AppendResult", "BatchRefused", "AppendResult"]
+    assert [e.version for e in await log.read_stream("app-one")] == [1]
+    assert [e.version for e in await log.read_stream("app-two")] == [1]
 
 
 async def test_a_command_id_appends_once(log) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.gateway.group_commit import GroupCommitter
-from services.storage.event_log import AppendRequest, AppendResult, AppendStatus
+from services.storage.event_log import AppendRequest, AppendResult, AppendStatus, BatchRefused
 
 
 class SlowLog:
@@ -104,6 +104,37 @@ async def test_a_failed_append_fails_every_waiter_and_the_committer_goes_on() ->
         except ConnectionError:
             pass
         assert (await committer.append(req("b"))).status is AppendStatus.OK
+
+
+async def test_a_refused_batch_goes_one_by_one_and_only_the_bad_request_fails() -> None:
+    """The log refuses a batch for one request's value: the requests go again alone, in
+    order; the bad one fails, one decided on it is a conflict, the rest are appended."""
+
+    class Refusing(SlowLog):
+        async def append_batch(
+            self, requests: list[AppendRequest], requires: list[list[int]] | None = None
+        ) -> list[AppendResult]:
+            self.batches.append([r.command_id for r in requests])
+            await self.release.wait()
+            if any(r.command_id == "bad" for r in requests):
+                raise BatchRefused("the database refused a value")
+            return [AppendResult(AppendStatus.OK) for _ in requests]
+
+    log = Refusing()
+    async with GroupCommitter(log, appenders=1) as committer:  # type: ignore[arg-type]
+        first = committer.submit(req("first"))
+        await asyncio.sleep(0.01)  # in flight alone: the next four wait, then go together
+        a = committer.submit(req("a"))
+        bad = committer.submit(req("bad"))
+        on_bad = committer.submit(req("on-bad"), requires=[bad])
+        b = committer.submit(req("b"))
+        log.release.set()
+        results = await asyncio.gather(first, a, bad, on_bad, b, return_exceptions=True)
+    assert log.batches == [["first"], ["a", "bad", "on-bad", "b"], ["a"], ["bad"], ["b"]]
+    assert isinstance(results[2], BatchRefused)
+    assert [r.status for r in results if isinstance(r, AppendResult)] == [
+        AppendStatus.OK, AppendStatus.OK, AppendStatus.CONFLICT, AppendStatus.OK
+    ]  # fmt: skip
 
 
 async def test_a_batch_is_announced_before_any_of_its_commands_is_answered() -> None:
