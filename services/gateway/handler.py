@@ -181,6 +181,29 @@ def _evolve(stream: str, state: Any, event: Any) -> Any:
     return state
 
 
+MAX_LABEL = 256  # characters of an actor, a correlation or a causation id: names, not documents
+
+
+def _label_problem(what: str, value: str) -> str:
+    """What is wrong with an envelope's actor or correlation/causation id ("" if nothing)."""
+    if not value:
+        return (
+            f"The command's {what} is empty: send who makes the change (the certplane command"
+            " sends user@host, or $CERTPLANE_ACTOR)."
+        )
+    if len(value) > MAX_LABEL:
+        return (
+            f"The command's {what} ({value[:32]!r}...) is {len(value):,} characters long:"
+            f" at most {MAX_LABEL} are recorded; send a short name or id."
+        )
+    if not value.isprintable():
+        return (
+            f"The command's {what} {value!r} contains control characters (a newline, say):"
+            " send it as plain text on one line."
+        )
+    return ""
+
+
 def _metadata(
     envelope: CommandEnvelope, traceparent: str, warnings: list[str] | None = None
 ) -> Metadata:
@@ -280,7 +303,7 @@ class CommandHandler:
 
         `forwardable`: raise `Forward` rather than retry when another gateway owns the app."""
         try:
-            envelope = self._with_canonical_id(envelope)
+            envelope = self._checked_envelope(envelope)
         except RejectedError as error:
             return rejected_reply(error)
         command = envelope.command
@@ -545,7 +568,7 @@ class CommandHandler:
         if self._app_locks.busy(app_id):
             return None
         try:
-            envelope = self._with_canonical_id(envelope)
+            envelope = self._checked_envelope(envelope)
         except RejectedError:
             return None
         app = self._known(app_id, settled=False)
@@ -657,10 +680,24 @@ class CommandHandler:
         return reply
 
     @classmethod
-    def _with_canonical_id(cls, envelope: CommandEnvelope) -> CommandEnvelope:
-        """The envelope with its id as the log spells it. Clients may send any spelling
-        Python's `uuid` reads (urn:uuid:, braces, upper case); PostgreSQL's uuid type refuses
-        some of them, and one such id in a group-committed batch failed the whole batch."""
+    def _checked_envelope(cls, envelope: CommandEnvelope) -> CommandEnvelope:
+        """The envelope as the log records it, or `Rejected` naming what is wrong with it.
+
+        Its id in the canonical spelling: clients may send any spelling Python's `uuid`
+        reads (urn:uuid:, braces, upper case), PostgreSQL's uuid type refuses some, and one
+        such id in a group-committed batch failed the whole batch. Its actor and correlation
+        and causation ids short printable text: they go into the metadata of every event the
+        command appends and into the gateway's log lines (a newline there forges one)."""
+        for what, value in (
+            ("actor", envelope.actor),
+            ("correlation id", envelope.correlation_id),
+            ("causation id", envelope.causation_id),
+        ):
+            if value is None or (value == "" and what != "actor"):
+                continue
+            problem = _label_problem(what, value)
+            if problem:
+                raise RejectedError("bad_command", problem)
         canonical = cls._require_uuid(envelope.id)
         if canonical == envelope.id:
             return envelope

@@ -250,6 +250,16 @@ async def test_malformed_commands_are_refused_with_the_reason(settings, gateway,
             "not a UUID",
         ),
     ]
+    fine = {"id": str(uuid.uuid4()), "actor": "a", "command": {"type": "app.create", "app": "shop"}}
+    # what goes into every event's metadata and the gateway's log lines: short, printable
+    for field, value, words in [
+        ("actor", "", "actor is empty"),
+        ("actor", "eve\n2026-11-29 INFO gateway ready", "contains control characters"),
+        ("actor", "a" * 100_000, "100,000 characters long"),
+        ("correlation_id", "c" * 300, "correlation id"),
+        ("causation_id", "tab\there", "causation id"),
+    ]:
+        bad.append((json.dumps({**fine, field: value}).encode(), words))
     for payload, words in bad:
         reply = COMMAND_REPLY_DECODER.decode((await nc.request(subject, payload, timeout=5)).data)
         assert isinstance(reply, Rejected) and words in reply.message, reply
