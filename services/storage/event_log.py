@@ -284,6 +284,15 @@ def _results(row: asyncpg.Record, requests: list[AppendRequest]) -> list[AppendR
     return results
 
 
+# What PostgreSQL says of a value, not of itself or the session: a data exception (22), an
+# integrity violation the function does not resolve itself (23), a program limit such as an
+# index row too large (54). One request's value then fails its whole batch.
+_REFUSED_VALUE = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
 _CONNECTION_LOST = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -342,7 +351,7 @@ class PostgresEventLog:
         except BaseException as e:
             if isinstance(e, asyncpg.PostgresError) and _alive(con):
                 self._appending.append(con)  # the statement failed, the session is fine
-                if isinstance(e, asyncpg.DataError):
+                if isinstance(e, _REFUSED_VALUE):
                     raise BatchRefused(f"the database refused a value: {e}") from e
                 raise
             if isinstance(e, _SESSION_BROKEN):  # out of step with the server: of no use now
