@@ -134,7 +134,12 @@ class Gateway:
     async def _spawn_command(self, msg: Msg) -> None:
         await self._slots.acquire()
         started = time.perf_counter()
-        envelope = self._fast_command(msg, started)
+        try:
+            envelope = self._fast_command(msg, started)
+        except Exception:  # a bug: the slow path answers it (internal_error if it meets it too)
+            # Raised into nats-py, it left the client unanswered and the slot taken for good.
+            log.exception("deciding a command on the fast path failed (%s)", msg.subject)
+            envelope = None
         if envelope is not True:  # not taken: the slow path (True: taken)
             self._spawn_slow(msg, envelope)
 
@@ -209,6 +214,9 @@ class Gateway:
                         "command %s for %s accepted at position %d",
                         envelope.id, msg.subject, reply.position,
                     )  # fmt: skip
+                except Exception:  # must cost neither the reply nor this task (all replies)
+                    log.exception("recording command %s failed", envelope.id)
+                try:
                     await self._respond(msg, reply)
                 finally:
                     self._slots.release()

@@ -350,6 +350,38 @@ async def test_small_commands_on_known_apps_take_the_fast_path_and_the_rest_the_
     assert gateway.fast_in_flight == 0
 
 
+async def test_a_bug_while_deciding_is_answered_and_frees_the_commands_slot(
+    settings, monkeypatch, db_url
+) -> None:
+    """An unexpected exception deciding a command on the fast path (a bug) still gets the
+    client an answer, the slow path's internal_error, and gives back the command's slot: with
+    two slots, four such commands and then a good one are all answered."""
+    from services.domain import app as app_aggregate
+
+    decide = app_aggregate.decide
+
+    def buggy(state, hostnames, command, **kwargs):  # type: ignore[no-untyped-def]
+        if getattr(command, "hostname", "").startswith("bug"):
+            raise RuntimeError("a bug in decide")
+        return decide(state, hostnames, command, **kwargs)
+
+    async with (
+        Gateway(settings, max_in_flight=2) as gateway,
+        ControlPlane(settings.nats_url, settings.prefix, actor="test") as cp,
+    ):
+        assert isinstance(await cp.command(CreateApp(app="shop")), Accepted)
+        monkeypatch.setattr(app_aggregate, "decide", buggy)
+        for i in range(4):
+            reply = await asyncio.wait_for(
+                cp.command(AddDomain(app="shop", hostname=f"bug{i}.shop.test")), 5
+            )
+            assert isinstance(reply, Rejected) and reply.code == "internal_error", reply
+        good = await asyncio.wait_for(cp.command(AddDomain(app="shop", hostname="ok.shop.test")), 5)
+        assert isinstance(good, Accepted), good
+        assert gateway.fast_in_flight == 0
+    assert await count_events(db_url) == 3  # the app, and the good domain's two events
+
+
 async def test_a_second_gateway_in_the_queue_group_shares_the_load(cp, settings, gateway) -> None:
     async with Gateway(settings) as second:
         await asyncio.gather(*(cp.command(CreateApp(app=f"app-{i:03d}")) for i in range(300)))
