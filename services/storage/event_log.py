@@ -52,9 +52,9 @@ class AppendRequest:
 
 
 class BatchRefused(Exception):
-    """The database refused a value of the batch (a data exception, or a value packing
-    cannot carry): nothing was appended. Some request holds a value the log cannot store,
-    which only a bug lets through; appended one by one, the others go in."""
+    """The database refused a value of the batch (see `_REFUSED_VALUE`), or packing could not
+    carry one: nothing was appended. Some request holds a value the log cannot store, which
+    only a bug lets through; appended one by one, the others go in."""
 
 
 class AppendStatus(enum.Enum):
