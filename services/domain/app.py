@@ -45,7 +45,7 @@ from events.endpoint import (
     UpdateCert,
 )
 from events.union import AnyCommand, AppEvent, HostnameEvent
-from services.domain.domain_name import covered_by, normalize_hostname
+from services.domain.domain_name import claimable_hostname, covered_by, normalize_hostname
 from services.domain.errors import Rejected
 from services.domain.naming import endpoint_name, validate_app_name
 from services.domain.streams import app_stream, hostname_stream
@@ -316,7 +316,7 @@ def decide(
             ]
             return Decision(events)
         case AddDomain(hostname=raw):
-            host = normalize_hostname(raw)
+            host = claimable_hostname(raw)
             _check_free(state, hostnames, host)
             serving = _covering_sni_endpoint(state, host)
             return Decision(
@@ -555,7 +555,7 @@ def _add_cert(
             "Update it with `certplane certs:update`, or add this certificate with --type sni.",
             app=app,
         )
-    requested = [normalize_hostname(h) for h in command.domains]
+    requested = [claimable_hostname(h) for h in command.domains]
     sans = cert.facts.sans
     if requested and not command.bypass:
         uncovered = [h for h in requested if not covered_by(sans, h)]

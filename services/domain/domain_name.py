@@ -53,6 +53,36 @@ def normalize_hostname(raw: str) -> str:
     return ("*." if wildcard else "") + ascii_name
 
 
+def claimable_hostname(raw: str) -> str:
+    """`normalize_hostname` for a name being added to an app: also refused when one of its
+    `xn--` labels is no valid A-label. Names already held are looked up with
+    `normalize_hostname` alone, so one added before this check stays removable."""
+    host = normalize_hostname(raw)
+    if "xn--" in host:
+        for label in host.split("."):
+            if label.startswith("xn--") and not _valid_a_label(label):
+                raise Rejected(
+                    "invalid_hostname",
+                    f"{raw!r} is not a valid hostname: {label!r} is not a valid internationalized"
+                    " label (punycode). Type the name as it reads (bücher.example): certplane"
+                    " encodes it.",
+                    hostname=raw,
+                )
+    return host
+
+
+def _valid_a_label(label: str) -> bool:
+    """Whether an `xn--` label decodes (RFC 3492) to text that needed the encoding. Undecodable
+    punycode, or punycode of plain ASCII or of control characters, is no label anyone can
+    register. IDNA2008's code point rules are not applied: names people own (emoji ones,
+    under some registries) stay accepted."""
+    try:
+        text = label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return False
+    return bool(text) and not text.isascii() and text.isprintable()
+
+
 def _problem(typed: str, name: str, labels: list[str]) -> str:
     """What is wrong with a name, said so that the fix is plain; "" when nothing is."""
     example = "like www.example.com"

@@ -118,6 +118,7 @@ def codes(excinfo) -> str:
             "domain_exists",
         ),
         (app_with(), AddDomain(app="demo", hostname="not a host"), "invalid_hostname"),
+        (app_with(), AddDomain(app="demo", hostname="xn--zz.example.com"), "invalid_hostname"),
         (app_with(), RemoveDomain(app="demo", hostname="a.example.com"), "domain_not_found"),
         (
             app_with(),
@@ -132,6 +133,14 @@ def test_refusals(state, command, code) -> None:
     with pytest.raises(Rejected) as e:
         decide(state, {}, command, now=NOW, seed="s")
     assert e.value.code == code and e.value.message
+
+
+def test_a_domain_added_before_a_check_existed_can_still_be_removed() -> None:
+    """AddDomain now refuses undecodable xn-- labels; a name an older release accepted is
+    still found by RemoveDomain, which looks names up without that check."""
+    state = app_with("xn--zz.example.com")
+    _, d = run(state, RemoveDomain(app="demo", hostname="XN--ZZ.example.com"))
+    assert [e.hostname for _, e in d.events] == ["xn--zz.example.com"] * 2
 
 
 def test_create_then_recreate_after_destroy() -> None:

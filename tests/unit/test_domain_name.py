@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from services.domain.domain_name import (
     _PLAIN,
     _problem,
+    claimable_hostname,
     covered_by,
     normalize_hostname,
     san_covers,
@@ -27,6 +28,7 @@ from services.domain.errors import Rejected
         ("*.example.com", "*.example.com"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("xn--ls8h.la", "xn--ls8h.la"),  # an emoji name: outside IDNA2008, yet registered
         ("a-b.c-d.example", "a-b.c-d.example"),
     ],
 )
@@ -103,6 +105,24 @@ def test_refusal_names_the_problem(raw: str, says: str) -> None:
     with pytest.raises(Rejected) as e:
         normalize_hostname(raw)
     assert says in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "label"),
+    [
+        ("xn--zz.example.com", "xn--zz"),  # no punycode
+        ("www.xn--a-b-c.example", "xn--a-b-c"),
+        ("XN--A.example.com", "xn--a"),  # punycode of U+0080, a control character
+    ],
+)
+def test_a_name_being_added_needs_real_a_labels_one_held_is_still_found(
+    raw: str, label: str
+) -> None:
+    with pytest.raises(Rejected) as e:
+        claimable_hostname(raw)
+    assert f"{label!r} is not a valid internationalized label" in e.value.message
+    assert normalize_hostname(raw) == raw.lower()  # added before the check: still removable
+    assert claimable_hostname("xn--ls8h.la") == "xn--ls8h.la"  # an emoji name people own
 
 
 _RFC_1123 = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
