@@ -127,6 +127,33 @@ async def test_a_command_behind_or_ahead_of_its_stream_conflicts_with_the_actual
     assert (after.positions, after.versions) == ([5], [4])
 
 
+async def test_a_command_decided_on_a_stale_state_of_a_stream_it_only_read_conflicts(
+    log, db_url
+) -> None:
+    """The expectation holds for every stream a command read, not only those it writes: a
+    gateway that checked a hostname in a cached state another gateway has since moved on
+    from must decide again (before migration 014 such a command was appended)."""
+    pool = await service_pool(db_url, "certplane_service", min_size=1, max_size=2)
+    other = PostgresEventLog(pool)
+    try:
+        await log.append_batch([request("host-one", 0)])
+        await other.append_batch([request("host-one", 1)])  # host-one is at 2 now
+        stale = request("app-one", 0)
+        stale = AppendRequest(stale.command_id, {"app-one": 0, "host-one": 1}, stale.events)
+        current = request("app-two", 0)
+        current = AppendRequest(current.command_id, {"app-two": 0, "host-one": 2}, current.events)
+        results = await log.append_batch([stale, current])
+    finally:
+        await other.close()
+        await pool.close()
+    assert [(r.status, r.stream, r.expected, r.actual) for r in results] == [
+        (AppendStatus.CONFLICT, "host-one", 1, 2),
+        (AppendStatus.OK, "", 0, 0),
+    ]
+    assert await log.read_stream("app-one") == []
+    assert [e.version for e in await log.read_stream("host-one")] == [1, 2]
+
+
 async def test_a_value_the_database_refuses_fails_only_its_own_command(log) -> None:
     """A command id PostgreSQL's uuid type refuses (only a bug would let one through the
     gateway) fails the append as BatchRefused; group-committed, the other commands of its
