@@ -50,7 +50,13 @@ from services.domain.errors import Rejected as RejectedError
 from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
 from services.domain.naming import generated_app_name, validate_app_name
-from services.domain.x509_bundle import matching_key, one_line_name, order_chain, split_material
+from services.domain.x509_bundle import (
+    matching_key,
+    one_line_name,
+    order_chain,
+    split_material,
+    unusable_keys,
+)
 from services.projectors.names import NAMES
 from services.subjects import router_id_token
 
@@ -525,7 +531,13 @@ def certs_key(args: argparse.Namespace) -> None:
     except RejectedError as e:
         _fail(EXIT_REJECTED, f"{e.message} [{e.code}]")
     if index is None:
-        _fail(EXIT_REJECTED, f"None of {', '.join(args.keys)} matches {args.crt}.")
+        why = [
+            f"{args.keys[i]}: {e.message} [{e.code}]"
+            for i, e in unusable_keys([_read(k) for k in args.keys]).items()
+        ]
+        _fail(
+            EXIT_REJECTED, "\n".join([f"None of {', '.join(args.keys)} matches {args.crt}.", *why])
+        )
     if args.json:
         output.print_json({"certificate": args.crt, "key": args.keys[index]})
         return

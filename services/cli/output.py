@@ -79,4 +79,5 @@ def print_json(value: object) -> None:
 
 
 def warn(message: str) -> None:
-    sys.stderr.write(f" ▸    {message}\n")
+    """Each line marked, as Heroku marks a warning's lines."""
+    sys.stderr.write("".join(f" ▸    {line}\n" for line in message.splitlines() or [""]))

@@ -9,6 +9,7 @@ clear key material certplane ever holds, in memory only, and is kept out of `rep
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -615,3 +616,23 @@ def matching_key(certificate: bytes, keys: list[bytes]) -> int | None:
         except Rejected:
             continue
     return None
+
+
+def unusable_keys(keys: list[bytes]) -> dict[int, Rejected]:
+    """Why each of `keys` that is no usable private key is not (by index): what to say when
+    none matched, so that a certificate or a passphrase-protected key passed as a key file
+    is named as such rather than as a key that does not match."""
+    problems = {}
+    for index, data in enumerate(keys):
+        try:
+            load_private_key(data)
+        except Rejected as e:
+            problems[index] = e
+            with contextlib.suppress(Rejected):
+                if split_material([data]).certificates:
+                    problems[index] = Rejected(
+                        "not_a_key",
+                        "This file holds a certificate, not a private key: pass the key "
+                        "generated with the certificate's request.",
+                    )
+    return problems

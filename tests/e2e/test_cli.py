@@ -220,6 +220,13 @@ def test_local_helpers_order_a_chain_and_find_the_key(
     assert result.returncode == 0 and result.stdout.strip() == str(files["key"])
     result = run_cli(settings, "certs:key", str(files["crt"]), str(other))
     assert result.returncode == 1
+    assert f"None of {other} matches" in result.stderr
+    # a certificate passed as a key file is named as such, on a marked line of its own
+    result = run_cli(settings, "certs:key", str(files["crt"]), str(other), str(files["chain"]))
+    assert result.returncode == 1
+    assert f" ▸    {files['chain']}: This file holds a certificate, not a private key" in (
+        result.stderr
+    )
 
     files_in_any_order = (str(files["chain"]), str(files["ca"]), str(files["crt"]))
     listed = json.loads(ok(settings, "certs:chain", *files_in_any_order, "--json").stdout)

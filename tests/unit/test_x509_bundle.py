@@ -22,6 +22,7 @@ from services.domain.x509_bundle import (
     pem_blocks,
     pem_roots,
     split_material,
+    unusable_keys,
 )
 
 NOW = dt.datetime.now(dt.UTC)
@@ -220,6 +221,20 @@ def test_a_valid_rsa_2048_bundle_is_accepted(ca) -> None:
 def test_matching_key_finds_the_right_file(leaf) -> None:
     assert matching_key(leaf.cert_pem, [key_pem(new_key()), leaf.key_pem]) == 1
     assert matching_key(leaf.cert_pem, [key_pem(new_key())]) is None
+
+
+def test_files_that_are_no_usable_key_say_why(leaf) -> None:
+    encrypted = new_key().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    problems = unusable_keys([leaf.key_pem, leaf.cert_pem, b"garbage", encrypted])
+    assert {i: e.code for i, e in problems.items()} == {
+        1: "not_a_key",
+        2: "unparsable",
+        3: "key_encrypted",
+    }
 
 
 def test_an_impostor_issuer_with_the_right_names_is_caught_by_its_signature(ca, leaf) -> None:
