@@ -51,6 +51,7 @@ from services.domain.errors import Unavailable
 from services.domain.key_envelope import seal_for_gateway
 from services.domain.naming import generated_app_name, validate_app_name
 from services.domain.x509_bundle import (
+    MAX_BUNDLE_BYTES,
     matching_key,
     one_line_name,
     order_chain,
@@ -116,12 +117,23 @@ def _app(args: argparse.Namespace, name: str | None = None) -> str:
 
 
 def _read(path: str) -> bytes:
+    """A certificate or key file, read no further than a whole bundle may be: a device,
+    a pipe or a disk image passed by mistake is refused, not read into memory."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BUNDLE_BYTES + 1)
     except OSError as e:
         _fail(
             EXIT_REJECTED, f"Cannot read {path}: {e.strerror}. Check the path and its permissions."
         )
+    if len(data) > MAX_BUNDLE_BYTES:
+        _fail(
+            EXIT_REJECTED,
+            f"{path} is larger than {MAX_BUNDLE_BYTES // 1024} KiB, the most a whole certificate "
+            "bundle may be: pass only the certificate, its intermediates and the key. "
+            "[bundle_too_large]",
+        )
+    return data
 
 
 def _confirm(args: argparse.Namespace, app: str, what: str) -> None:

@@ -100,6 +100,12 @@ def test_refusals_exit_1_and_say_what_to_do(
     huge.write_bytes(b"A" * 10_000_000)
     result = run_cli(settings, "certs:add", str(huge), str(files["key"]), "-a", "shop")
     assert result.returncode == 1 and "bundle_too_large" in result.stderr
+    assert f"{huge} is larger than 256 KiB" in result.stderr
+    # a device passed by mistake is refused, not read until memory runs out
+    result = run_cli(settings, "certs:add", "/dev/zero", str(files["key"]), "-a", "shop")
+    assert result.returncode == 1 and "/dev/zero is larger than 256 KiB" in result.stderr
+    result = run_cli(settings, "certs:chain", str(files["crt"]), "/dev/urandom")
+    assert result.returncode == 1 and "bundle_too_large" in result.stderr
 
     garbage = tmp_path / "garbage.crt"
     garbage.write_bytes(b"garbage\n")
