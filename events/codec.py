@@ -7,6 +7,7 @@ step before it is decoded. A breaking change is a new schema version plus an upc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgspec
 
 from events.base import Metadata
 from events.replies import CommandReply, QueryReply
-from events.union import EVENT_TYPES, AnyCommand, AnyEvent, tag_of
+from events.union import COMMAND_TYPES, EVENT_TYPES, AnyCommand, AnyEvent, tag_of
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -37,6 +38,25 @@ COMMAND_REPLY_DECODER = msgspec.json.Decoder(CommandReply)
 QUERY_REPLY_DECODER = msgspec.json.Decoder(QueryReply)
 
 CURRENT_SCHEMA_VERSION: dict[str, int] = {tag_of(c): c.SCHEMA_VERSION for c in EVENT_TYPES}
+
+# A command's `type` on the wire, by the name of its class (which the CLI's subjects end in).
+COMMAND_TAGS: dict[str, str] = {c.__name__: tag_of(c) for c in COMMAND_TYPES}
+_UNKNOWN_TYPE = re.compile(r"Invalid value '(.*)' - at `\$\.command\.type`$")
+
+
+def unreadable_command(error: msgspec.DecodeError) -> str:
+    """What to tell the sender of a command that could not be decoded. A wrong `type` is
+    the likeliest slip of a client written by hand (a class name where the tag goes), so
+    the types are listed, and the tag of a class named."""
+    message = f"The command could not be read: {error}."
+    if str(error).endswith("at `$.command.type`"):
+        message += f" A command's type is one of {', '.join(COMMAND_TAGS.values())}"
+        given = _UNKNOWN_TYPE.match(str(error))
+        if given and given.group(1) in COMMAND_TAGS:
+            message += f" ({given.group(1)}'s is {COMMAND_TAGS[given.group(1)]})"
+        message += "."
+    return message + " Check the field names and types against schemas/json/CommandEnvelope.json."
+
 
 # (type, from_version) -> function lifting the JSON object to from_version + 1.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
-from events.codec import COMMAND_DECODER, CommandEnvelope, encode
+from events.codec import COMMAND_DECODER, CommandEnvelope, encode, unreadable_command
 from events.replies import Accepted, GatewayKey, QueryParams, Rejected
 from events.union import tag_of
 from services.bus import connect_nats
@@ -296,11 +296,7 @@ class Gateway:
             if envelope is None:
                 envelope = COMMAND_DECODER.decode(msg.data)
         except msgspec.DecodeError as e:  # ValidationError is a DecodeError
-            return "unreadable", Rejected(
-                code="bad_command",
-                message=f"The command could not be read: {e}. Check the field names and types "
-                "against schemas/json/CommandEnvelope.json.",
-            )
+            return "unreadable", Rejected(code="bad_command", message=unreadable_command(e))
         tag = tag_of(type(envelope.command))
         subject_app = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
         app = getattr(envelope.command, "app", NON_APP)

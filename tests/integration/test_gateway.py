@@ -244,6 +244,12 @@ async def test_malformed_commands_are_refused_with_the_reason(settings, gateway,
     bad = [
         (b'{"id":"x","actor":"a","command":{"type":"app.create","app":"shop","extra":1}}', "extra"),
         (b'{"id":"x","actor":"a","command":{"type":"app.explode","app":"shop"}}', "app.explode"),
+        # a class name where the tag goes: the tags are listed, and this one's named
+        (
+            b'{"id":"x","actor":"a","command":{"type":"CreateApp","app":"shop"}}',
+            "one of app.create, app.destroy, domain.add",
+        ),
+        (b'{"id":"x","actor":"a","command":{"type":"CreateApp","app":"shop"}}', "is app.create"),
         (b"not json", "could not be read"),
         (
             b'{"id":"not-a-uuid","actor":"a","command":{"type":"app.create","app":"shop"}}',
